@@ -1,0 +1,121 @@
+"""Training-loop overhead: the Ray Train loop vs a bare single-process loop on the same model and data.
+
+Both run `PretrainTask` (real decode in DataLoader worker processes, fused augmentation, the pace_ctr
+objective, SGD) on the same synthetic videos with the same torch thread count. The bare loop is the minimum a
+user would write by hand; the Ray loop is `vpace.train.run_task` on one worker (the goal: <= 10% slower per
+step). A second Ray run on two workers gives clips/s per worker (DDP over gloo on this CPU).
+
+Rows: step_ms (median step, data wait included), wall_step_ms (Ray: including reports/checkpoints),
+overhead_pct, clips_per_s, clips_per_s_per_worker.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import append_rows
+
+STEPS = 40
+WARMUP = 3
+
+
+def _cfg(data: Path, storage: Path, name: str, workers: int, cpus: float):
+    from vpace.config import load_config
+
+    return load_config("smoke", overrides=[
+        f"data.index={data}", f"run.storage={storage}", f"run.name={name}", "data.epoch_size=1000",
+        "optim.epochs=1", f"optim.max_steps={STEPS}", "scale.checkpoint_every=1000", "data.num_workers=1",
+        f"scale.min_workers={workers}", f"scale.max_workers={workers}", f"scale.cpus_per_worker={cpus}"])
+
+
+def bare_loop(cfg) -> tuple[float, float]:
+    """(median step seconds, clips/s) of a hand-written single-process loop."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from vpace.train.loop import build_optimizer
+    from vpace.train.pretrain_task import PretrainTask
+    from vpace.train.sampler import ElasticBatchSampler
+
+    torch.manual_seed(cfg.run.seed)
+    torch.set_num_threads(int(cfg.scale.cpus_per_worker))
+    task = PretrainTask()
+    task.setup(cfg, torch.device("cpu"))
+    opt = build_optimizer(cfg.optim, task.parameters(), cfg.optim.lr)
+    ds = task.dataset(cfg)
+    sampler = ElasticBatchSampler(len(ds), cfg.optim.batch_size, 0, 1, cfg.run.seed, 0)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=task.collate)
+    times, clips = [], 0
+    t = time.perf_counter()
+    for step, batch in enumerate(loader):
+        batch.pop("skipped")
+        gen = torch.Generator().manual_seed(step)
+        loss, _ = task.step(batch, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        task.after_optimizer_step()
+        now = time.perf_counter()
+        times.append(now - t)
+        t = now
+        if step >= WARMUP:
+            clips += task.batch_size(batch)[1]
+        if step + 1 >= STEPS:
+            break
+    steady = times[WARMUP:]
+    return statistics.median(steady), clips / sum(steady)
+
+
+def run(out_dir: Path) -> None:
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="vpray"))
+    import ray
+
+    from vpace.data.synthetic import make_synthetic
+    from vpace.train import pretrain
+
+    cpus = float(max(1, (os.cpu_count() or 2)))
+    with tempfile.TemporaryDirectory() as tmp:
+        data, runs = Path(tmp) / "data", Path(tmp) / "runs"
+        make_synthetic(data, num_videos=40, seed=0)
+        one = _cfg(data, runs, "bench1", 1, cpus)
+        shape = (f"{one.model.backbone} b{one.optim.batch_size}x{one.data.clips_per_video} "
+                 f"T{one.data.clip_len} {one.augment.crop}px cpu{int(cpus)}")
+        bare = [bare_loop(one)]  # measured before and after the Ray runs; the faster counts (load drifts)
+
+        ray.init(include_dashboard=False)
+        try:
+            r1 = pretrain(one).metrics
+            r2 = pretrain(_cfg(data, runs, "bench2", 2, cpus / 2))
+        finally:
+            ray.shutdown()
+        bare_s, bare_cps = min([*bare, bare_loop(one)])
+    ray_s, ray_wall = r1["step_time_s"], r1["wall_per_step_s"]
+    per_batch_clips = one.optim.batch_size * one.data.clips_per_video
+    windows = [r["clips_per_s"] for r in r2.history["steps"]][WARMUP:]
+    rows = [
+        dict(kernel="train_step", provider="bare", shape=shape, metric="step_ms",
+             value=f"{bare_s * 1e3:.1f}"),
+        dict(kernel="train_step", provider="ray_train_1w", shape=shape, metric="step_ms",
+             value=f"{ray_s * 1e3:.1f}"),
+        dict(kernel="train_step", provider="ray_train_1w", shape=shape, metric="wall_step_ms",
+             value=f"{ray_wall * 1e3:.1f}"),
+        dict(kernel="train_step", provider="ray_train_1w", shape=shape, metric="overhead_pct",
+             value=f"{(ray_s / bare_s - 1) * 100:.1f}"),
+        dict(kernel="train_step", provider="bare", shape=shape, metric="clips_per_s",
+             value=f"{bare_cps:.1f}"),
+        dict(kernel="train_step", provider="ray_train_1w", shape=shape, metric="clips_per_s",
+             value=f"{per_batch_clips / ray_s:.1f}"),
+        dict(kernel="train_step", provider="ray_train_2w", shape=shape.replace(f"cpu{int(cpus)}", "cpu2x1"),
+             metric="clips_per_s_per_worker", value=f"{statistics.median(windows) / 2:.1f}"),
+    ]
+    append_rows(out_dir / "train.csv", rows)
+    for r in rows:
+        print(f"{r['provider']:14s} {r['metric']:24s} {r['value']}")
+
+
+if __name__ == "__main__":
+    run(Path(__file__).parent / "results")

@@ -1,0 +1,556 @@
+"""Fused supervised contrastive loss (InfoNCE / SupCon / MoCo queue) that never builds N x (N+K) logits.
+
+Row loss: ``LSE_i - mean_{j in P(i)} s_ij`` with ``s_ij = q_i . k_j / tau`` over keys then queue, P(i) the
+keys (never the queue) whose label equals ``labels[i]`` (``j != i`` when ``exclude_self``). The loss is the
+mean over rows that have a positive; the others are excluded and counted.
+
+Three implementations of the same op, Liger style:
+- Triton (CUDA, and CPU under ``TRITON_INTERPRET=1``): a forward kernel does an online (flash-attention)
+  max/sum over key tiles then queue tiles and emits per-row LSE, positive-logit sum and positive count; the
+  backward recomputes the tiles in two deterministic kernels (dq over rows, dk over key tiles; no atomics).
+- Chunked PyTorch (CPU training, and CUDA fallback for D > 256 or float64): the same online LSE over
+  row x column tiles with recomputation in backward, memory O(N*D + tile^2) (within the issue's
+  O(N*D + N*chunk)). Positive terms are linear in the logits, so they come from per-label sums of
+  keys/queries in O(N*D) instead of a mask per tile.
+- Eager reference: full logits and ``log_softmax``; autograd gives the gradients. Ground truth for tests.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+__all__ = ["contrastive_loss", "contrastive_loss_reference", "ContrastiveStats", "shipped_configs",
+           "aot_compile_shipped", "TAU_RANGE", "MAX_TRITON_DIM"]
+
+TAU_RANGE = (1e-3, 10.0)
+MAX_TRITON_DIM = 256  # a q tile must fit in registers for the logits dot; larger D uses the chunked path
+_TILE = 1024  # chunked path: 1024 x 1024 logits tiles (4 MB fp32; fewer, larger ops than 512)
+# (kernel, input kind, BLOCK_D) -> (BLOCK_M, BLOCK_N, num_warps, num_stages[, BLOCK_DV]): the largest tiles
+# with zero register spills on sm_80 and sm_90 (ptxas -v via kernels.aot). fp32 uses 3xTF32 dots, which hold
+# more operand registers, hence smaller tiles; for D > 128 its backward programs also split the output columns
+# (BLOCK_DV, default BLOCK_D). D <= 128 shares the 128 configs (fewer kernels to compile and check; small D is
+# bound by the exp work, not the dots). Every entry is AOT-compiled by the tests and the benchmark.
+_BLOCK_DS = (128, 256)
+_CONFIGS = {
+    ("fwd", "16", 128): (64, 64, 4, 2), ("fwd", "16", 256): (64, 64, 8, 2),
+    ("fwd", "32", 128): (64, 32, 8, 2), ("fwd", "32", 256): (16, 32, 4, 2),
+    ("dq", "16", 128): (64, 64, 8, 2), ("dq", "16", 256): (32, 64, 8, 2),
+    ("dq", "32", 128): (16, 32, 4, 2), ("dq", "32", 256): (16, 32, 4, 2, 128),
+    ("dk", "16", 128): (64, 64, 8, 2), ("dk", "16", 256): (64, 32, 8, 2),
+    ("dk", "32", 128): (32, 16, 4, 2), ("dk", "32", 256): (32, 16, 4, 2, 128),
+}
+_TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+class ContrastiveStats(NamedTuple):
+    """Per-call counts (0-dim int64 tensors on the input device, so reading them is the caller's sync)."""
+
+    rows: torch.Tensor
+    rows_used: torch.Tensor
+    rows_without_positive: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------------------- Triton
+
+@triton.jit
+def _rows(X, offs, lim, stride, offs_d, D):
+    """Load rows ``offs`` (< lim) x columns ``offs_d`` (< D) of a row-major matrix; padding is 0."""
+    return tl.load(X + offs[:, None] * stride + offs_d[None, :],
+                   mask=(offs[:, None] < lim) & (offs_d[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _logits_tile(q, K, offs_n, n_lim, stride_k, offs_d, D, scale, PREC: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] fp32 logits of a query tile against key rows ``offs_n`` (padding rows are 0)."""
+    k = _rows(K, offs_n, n_lim, stride_k, offs_d, D)
+    return tl.dot(q, tl.trans(k), input_precision=PREC) * scale, k
+
+
+@triton.jit
+def _online_lse(m_i, l_i, s):
+    """One flash-attention step: fold the tile ``s`` (masked entries -inf) into the running max/sum."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+    return m_new, l_i
+
+
+@triton.jit
+def _fwd_kernel(Q, K, QU, LAB, LSE, POS, CNT, N, NQ, D, stride_q, stride_k, stride_u, scale, exclude,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < N
+    q = _rows(Q, offs_m, N, stride_q, offs_d, D)
+    lab_m = tl.load(LAB + offs_m, mask=m_ok, other=0)
+    m_i = tl.full([BLOCK_M], -1e30, tl.float32)  # finite start: no (-inf) - (-inf) for fully masked tiles
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    pos = tl.zeros([BLOCK_M], tl.float32)
+    cnt = tl.zeros([BLOCK_M], tl.float32)
+    for start in range(0, N, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        s, _k = _logits_tile(q, K, offs_n, N, stride_k, offs_d, D, scale, PREC)
+        valid = (offs_n[None, :] < N) & ((exclude == 0) | (offs_m[:, None] != offs_n[None, :]))
+        lab_n = tl.load(LAB + offs_n, mask=offs_n < N, other=0)
+        y = valid & (lab_m[:, None] == lab_n[None, :])
+        pos += tl.sum(tl.where(y, s, 0.0), 1)
+        cnt += tl.sum(y.to(tl.float32), 1)
+        m_i, l_i = _online_lse(m_i, l_i, tl.where(valid, s, float("-inf")))
+    for start in range(0, NQ, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        s, _k = _logits_tile(q, QU, offs_n, NQ, stride_u, offs_d, D, scale, PREC)
+        m_i, l_i = _online_lse(m_i, l_i, tl.where(offs_n[None, :] < NQ, s, float("-inf")))
+    # l_i == 0 only if a row has no key at all (N == 1, exclude_self, no queue): +inf makes p = 0 downstream.
+    lse = tl.where(l_i > 0, m_i + tl.log(l_i), float("inf"))
+    tl.store(LSE + offs_m, lse, mask=m_ok)
+    tl.store(POS + offs_m, pos, mask=m_ok)
+    tl.store(CNT + offs_m, cnt, mask=m_ok)
+
+
+# Backward: each program owns a BLOCK_DV-wide column slice of its output tile (grid axis 1). BLOCK_DV <
+# BLOCK_D recomputes the logits once per slice but keeps the second dot's operand small (fp32, D > 128).
+
+@triton.jit
+def _row_terms(LAB, LSE, W, C, offs, ok):
+    """Per-query-row backward inputs: label, LSE, w = g / rows_used (0 if unused) and c = w / |P(i)|."""
+    return (tl.load(LAB + offs, mask=ok, other=0), tl.load(LSE + offs, mask=ok, other=0.0),
+            tl.load(W + offs, mask=ok, other=0.0), tl.load(C + offs, mask=ok, other=0.0))
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, QU, LAB, LSE, W, C, DQ, N, NQ, D, stride_q, stride_k, stride_u, scale, exclude,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
+                   BLOCK_DV: tl.constexpr):
+    """dq_i = scale * sum_j (w_i p_ij - c_i y_ij) k_j, keys then queue (y = 0 there)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_v = tl.program_id(1) * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    m_ok = offs_m < N
+    q = _rows(Q, offs_m, N, stride_q, offs_d, D)
+    lab_m, lse, w, c = _row_terms(LAB, LSE, W, C, offs_m, m_ok)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for start in range(0, N, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        s, k = _logits_tile(q, K, offs_n, N, stride_k, offs_d, D, scale, PREC)
+        valid = (offs_n[None, :] < N) & ((exclude == 0) | (offs_m[:, None] != offs_n[None, :]))
+        lab_n = tl.load(LAB + offs_n, mask=offs_n < N, other=0)
+        y = valid & (lab_m[:, None] == lab_n[None, :])
+        ds = tl.where(valid, w[:, None] * tl.exp(s - lse[:, None]), 0.0) - tl.where(y, c[:, None], 0.0)
+        if BLOCK_DV < BLOCK_D:
+            k = _rows(K, offs_n, N, stride_k, offs_v, D)
+        acc += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    for start in range(0, NQ, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        s, k = _logits_tile(q, QU, offs_n, NQ, stride_u, offs_d, D, scale, PREC)
+        ds = tl.where(offs_n[None, :] < NQ, w[:, None] * tl.exp(s - lse[:, None]), 0.0)
+        if BLOCK_DV < BLOCK_D:
+            k = _rows(QU, offs_n, NQ, stride_u, offs_v, D)
+        acc += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    tl.store(DQ + offs_m[:, None] * stride_q + offs_v[None, :], (acc * scale).to(DQ.dtype.element_ty),
+             mask=m_ok[:, None] & (offs_v[None, :] < D))
+
+
+@triton.jit
+def _bwd_dk_kernel(Q, K, LAB, LSE, W, C, DK, N, D, stride_q, stride_k, scale, exclude,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
+                   BLOCK_DV: tl.constexpr):
+    """dk_j = scale * sum_i (w_i p_ij - c_i y_ij) q_i: one program per key tile, looping over query tiles."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_v = tl.program_id(1) * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    n_ok = offs_n < N
+    k = _rows(K, offs_n, N, stride_k, offs_d, D)
+    lab_n = tl.load(LAB + offs_n, mask=n_ok, other=0)
+    acc = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    for start in range(0, N, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < N
+        st, q = _logits_tile(k, Q, offs_m, N, stride_q, offs_d, D, scale, PREC)  # [BLOCK_N, BLOCK_M]
+        lab_m, lse, w, c = _row_terms(LAB, LSE, W, C, offs_m, m_ok)
+        valid = m_ok[None, :] & ((exclude == 0) | (offs_n[:, None] != offs_m[None, :]))
+        y = valid & (lab_n[:, None] == lab_m[None, :])
+        ds = tl.where(valid, w[None, :] * tl.exp(st - lse[None, :]), 0.0) - tl.where(y, c[None, :], 0.0)
+        if BLOCK_DV < BLOCK_D:
+            q = _rows(Q, offs_m, N, stride_q, offs_v, D)
+        acc += tl.dot(ds.to(q.dtype), q, input_precision=PREC)
+    tl.store(DK + offs_n[:, None] * stride_k + offs_v[None, :], (acc * scale).to(DK.dtype.element_ty),
+             mask=n_ok[:, None] & (offs_v[None, :] < D))
+
+
+def _block_d(d: int) -> int:
+    return next(b for b in _BLOCK_DS if b >= d)
+
+
+def _kind(dtype: torch.dtype) -> str:
+    return "32" if dtype in (torch.float32, torch.float64) else "16"
+
+
+def _prec(dtype: torch.dtype) -> str:
+    # 3xTF32 keeps fp32 accuracy (~1e-6) on tensor cores; the option is ignored for 16-bit inputs.
+    return "tf32x3" if dtype == torch.float32 else "ieee"
+
+
+def _config(name: str, d: int, dtype: torch.dtype) -> tuple[int, int, int, int, dict]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages, constexprs) shipped for kernel ``name`` at this D / dtype."""
+    bd = _block_d(d)
+    bm, bn, warps, stages, *dv = _CONFIGS[(name, _kind(dtype), bd)]
+    const = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "PREC": _prec(dtype)}
+    if name != "fwd":
+        const["BLOCK_DV"] = dv[0] if dv else bd
+    return bm, bn, warps, stages, const
+
+
+def _launch(name: str, n: int, d: int, dtype: torch.dtype, *args) -> None:
+    """Launch kernel ``name`` with its shipped config; fwd/dq programs own query tiles, dk key tiles."""
+    bm, bn, warps, stages, const = _config(name, d, dtype)
+    slices = const["BLOCK_D"] // const.get("BLOCK_DV", const["BLOCK_D"])
+    grid = (triton.cdiv(n, bn if name == "dk" else bm), slices)
+    _ARGS[name][0][grid](*args, **const, num_warps=warps, num_stages=stages)
+
+
+def _triton_forward(q, k, queue, labels, scale, exclude):
+    n, d = q.shape
+    lse, pos, cnt = (torch.empty(n, device=q.device, dtype=torch.float32) for _ in range(3))
+    qu = q if queue is None else queue
+    nq = 0 if queue is None else queue.shape[0]
+    _launch("fwd", n, d, q.dtype, q, k, qu, labels, lse, pos, cnt, n, nq, d, q.stride(0),
+            k.stride(0), qu.stride(0), scale, int(exclude))
+    return lse, pos, cnt
+
+
+def _triton_backward(q, k, queue, labels, lse, w, c, scale, exclude, need_q, need_k):
+    n, d = q.shape
+    dq = dk = None
+    if need_q:
+        dq = torch.empty_like(q)
+        qu = q if queue is None else queue
+        nq = 0 if queue is None else queue.shape[0]
+        _launch("dq", n, d, q.dtype, q, k, qu, labels, lse, w, c, dq, n, nq, d, q.stride(0),
+                k.stride(0), qu.stride(0), scale, int(exclude))
+    if need_k:
+        dk = torch.empty_like(k)
+        _launch("dk", n, d, q.dtype, q, k, labels, lse, w, c, dk, n, d, q.stride(0), k.stride(0),
+                scale, int(exclude))
+    return dq, dk
+
+
+# ------------------------------------------------------------------------------------- chunked PyTorch
+
+def _tiles(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor | None):
+    """Row blocks of q, each with its column blocks of keys then queue: (r0, rows, [(c0 | None, block)]).
+
+    Bounded _TILE x _TILE logits tiles (memory O(N*D + tile^2)); each pass over a tile is cache-friendly,
+    unlike eager's N x N tensors streamed through memory several times.
+    """
+    cols = [(c0, k[c0:c0 + _TILE]) for c0 in range(0, k.shape[0], _TILE)]
+    if queue is not None:
+        cols += [(None, queue[c0:c0 + _TILE]) for c0 in range(0, queue.shape[0], _TILE)]
+    for r0 in range(0, q.shape[0], _TILE):
+        yield r0, q[r0:r0 + _TILE], cols
+
+
+def _tile_logits(rows, r0, block, c0, scale, exclude, shift=None) -> torch.Tensor:
+    """scale * rows @ block.T minus a per-row ``shift`` (both fused into the GEMM), self-pairs set to -inf."""
+    bias = rows.new_zeros(()) if shift is None else shift[:, None]
+    s = torch.addmm(bias, rows, block.T, beta=-1.0, alpha=scale)
+    if exclude and c0 is not None:  # the diagonal j == i crossing this tile
+        lo, hi = max(r0, c0), min(r0 + rows.shape[0], c0 + block.shape[0])
+        if lo < hi:
+            idx = torch.arange(lo, hi, device=rows.device)
+            s[idx - r0, idx - c0] = float("-inf")
+    return s
+
+
+def _label_sum(x, inv, n_labels, weight=None, out=None) -> torch.Tensor:
+    """Row i gets sum_{j: label j == label i} (weight_j *) x_j, in O(N*D) with no N x N mask."""
+    src = x if weight is None else torch.mul(x, weight[:, None], out=out)
+    sums = x.new_zeros(n_labels, x.shape[1]).index_add_(0, inv, src)
+    return torch.index_select(sums, 0, inv, out=out)
+
+
+def _chunked_forward(q, k, queue, inv, n_labels, scale, exclude):
+    lse = torch.empty_like(q[:, 0])
+    for r0, rows, cols in _tiles(q, k, queue):
+        m = rows.new_full((rows.shape[0],), -1e30)
+        l_sum = torch.zeros_like(m)
+        for c0, block in cols:
+            s = _tile_logits(rows, r0, block, c0, scale, exclude)
+            m_new = torch.maximum(m, s.amax(1))
+            l_sum = l_sum.mul_(torch.exp(m - m_new)).add_(s.sub_(m_new[:, None]).exp_().sum(1))
+            m = m_new
+        lse[r0:r0 + rows.shape[0]] = torch.where(l_sum > 0, m + torch.log(l_sum), float("inf"))
+    cnt = (torch.bincount(inv, minlength=n_labels)[inv] - int(exclude)).to(q.dtype)
+    pos_keys = _label_sum(k, inv, n_labels)
+    if exclude:
+        pos_keys.sub_(k)
+    return lse, pos_keys.mul_(q).sum(1).mul_(scale), cnt
+
+
+def _chunked_backward(q, k, queue, inv, n_labels, lse, w, c, scale, exclude, need_q, need_k, same):
+    """dq, dk (or, when k is q, their sum in dq) with one tile and one N x D temporary live."""
+    dq = torch.zeros_like(q) if need_q or same else None
+    dk = dq if same else (torch.zeros_like(k) if need_k else None)
+    for r0, rows, cols in _tiles(q, k, queue):
+        r1 = r0 + rows.shape[0]
+        acc = torch.zeros_like(rows) if dq is not None else None
+        rows_w = rows * w[r0:r1, None] if dk is not None else None  # (w * p).T @ rows == p.T @ (w * rows)
+        for c0, block in cols:
+            p = _tile_logits(rows, r0, block, c0, scale, exclude, shift=lse[r0:r1]).exp_()
+            if acc is not None:
+                acc.addmm_(p, block)
+            if dk is not None and c0 is not None:
+                dk[c0:c0 + block.shape[0]].addmm_(p.T, rows_w)
+        if acc is not None:
+            dq[r0:r1].addcmul_(acc, w[r0:r1, None])
+    tmp = None
+    if dq is not None:  # positive terms: dq_i -= c_i * sum_{j in P(i)} k_j
+        tmp = _label_sum(k, inv, n_labels)
+        if exclude:
+            tmp.sub_(k)
+        dq.addcmul_(tmp, c[:, None], value=-1.0)
+    if dk is not None:  # dk_j -= sum_{i: j in P(i)} c_i q_i
+        tmp = _label_sum(q, inv, n_labels, weight=c, out=tmp)
+        if exclude:
+            tmp.addcmul_(q, c[:, None], value=-1.0)
+        dk.sub_(tmp)
+    del tmp
+    return (None if dq is None else dq.mul_(scale)), (None if dk is None or same else dk.mul_(scale))
+
+
+# ------------------------------------------------------------------------------------- autograd + API
+
+class _ContrastiveFn(torch.autograd.Function):
+    """(q, k, queue, labels) -> (loss, rows_used); recomputes logits tiles in backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, queue, labels, scale: float, exclude: bool, backend: str):
+        ctx.in_dtype, ctx.same = q.dtype, k is q
+        ctx.scale, ctx.exclude, ctx.backend = scale, exclude, backend
+        if backend == "triton":
+            lse, pos, cnt = _triton_forward(q, k, queue, labels, scale, exclude)
+            ctx.save_for_backward(q, k, queue, labels, lse, cnt)
+        else:
+            acc = torch.promote_types(q.dtype, torch.float32)
+            q = q.to(acc)
+            k = q if ctx.same else k.to(acc)
+            queue = None if queue is None else queue.to(acc)
+            uniq, inv = torch.unique(labels, return_inverse=True)
+            ctx.n_labels = len(uniq)
+            lse, pos, cnt = _chunked_forward(q, k, queue, inv, ctx.n_labels, scale, exclude)
+            ctx.save_for_backward(q, k, queue, inv, lse, cnt)
+        used = cnt > 0
+        n_used = used.sum()
+        rows = torch.where(used, lse - pos / cnt.clamp(min=1), 0.0)
+        loss = rows.sum() / n_used.clamp(min=1)
+        ctx.mark_non_differentiable(n_used)
+        return loss, n_used
+
+    @staticmethod
+    def backward(ctx, grad, _grad_count):
+        q, k, queue, labels, lse, cnt = ctx.saved_tensors
+        need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        used = cnt > 0
+        w = torch.where(used, grad.to(lse.dtype) / used.sum().clamp(min=1), 0.0)
+        c = w / cnt.clamp(min=1)
+        if ctx.backend == "triton":
+            dq, dk = _triton_backward(q, k, queue, labels, lse, w, c, ctx.scale, ctx.exclude, need_q, need_k)
+            if ctx.same and dq is not None and dk is not None:
+                dq, dk = dq.add_(dk), None
+        else:
+            dq, dk = _chunked_backward(q, k, queue, labels, ctx.n_labels, lse, w, c, ctx.scale, ctx.exclude,
+                                       need_q, need_k, ctx.same and need_q)
+        dq = None if dq is None else dq.to(ctx.in_dtype)
+        dk = None if dk is None else dk.to(ctx.in_dtype)
+        return dq, dk, None, None, None, None, None
+
+
+def _validate(q, k, labels, queue, tau) -> None:
+    if not isinstance(q, torch.Tensor) or q.dim() != 2 or not q.is_floating_point():
+        raise ValueError(f"q: expected a floating tensor [N, D], got {_describe(q)}")
+    if q.shape[0] < 1 or q.shape[1] < 1:
+        raise ValueError(f"q: expected N >= 1 rows and D >= 1 columns, got shape {tuple(q.shape)}")
+    if not isinstance(k, torch.Tensor) or tuple(k.shape) != tuple(q.shape):
+        raise ValueError(f"k: expected shape {tuple(q.shape)} (one key per query row), got {_describe(k)}")
+    if k.dtype != q.dtype or k.device != q.device:
+        raise ValueError(f"k: dtype/device {k.dtype}/{k.device} differ from q's {q.dtype}/{q.device}")
+    if (not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != q.shape[0]
+            or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool):
+        raise ValueError(f"labels: expected an integer tensor [{q.shape[0]}], got {_describe(labels)}")
+    if labels.device != q.device:
+        raise ValueError(f"labels: on {labels.device}, q on {q.device}")
+    if queue is not None:
+        if not isinstance(queue, torch.Tensor) or queue.dim() != 2 or queue.shape[1] != q.shape[1] \
+                or not queue.is_floating_point():
+            raise ValueError(f"queue: expected a floating tensor [K, {q.shape[1]}], got {_describe(queue)}")
+        if queue.device != q.device:
+            raise ValueError(f"queue: on {queue.device}, q on {q.device}")
+    if not isinstance(tau, (int, float)) or not TAU_RANGE[0] <= float(tau) <= TAU_RANGE[1]:
+        raise ValueError(f"tau: must be a number in [{TAU_RANGE[0]}, {TAU_RANGE[1]}], got {tau!r}")
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"{x.dtype} tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+def _interpreted() -> bool:
+    """True when the kernels were built by Triton's interpreter (TRITON_INTERPRET set before import)."""
+    return not isinstance(_fwd_kernel, triton.runtime.JITFunction)
+
+
+def _pick_backend(q: torch.Tensor) -> str:
+    if (q.is_cuda or _interpreted()) and q.dtype in _TRITON_DTYPES and q.shape[1] <= MAX_TRITON_DIM:
+        return "triton"
+    return "chunked"
+
+
+class _L2Normalize(torch.autograd.Function):
+    """F.normalize(x, dim=1) with a lean backward: one N x D temporary instead of autograd's four."""
+
+    @staticmethod
+    def forward(ctx, x, eps: float = 1e-12):
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        norm = torch.linalg.vector_norm(xf, dim=1)
+        inv = 1.0 / norm.clamp(min=eps)
+        y = (xf * inv[:, None]).to(x.dtype)
+        ctx.save_for_backward(y, inv, norm >= eps)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, inv, unclamped = ctx.saved_tensors
+        gf, yf = g.to(inv.dtype), y.to(inv.dtype)
+        dot = torch.bmm(gf[:, None, :], yf[:, :, None]).view(-1) * unclamped  # clamped rows: plain g / eps
+        return torch.addcmul(gf, yf, dot[:, None], value=-1.0).mul_(inv[:, None]).to(g.dtype), None
+
+
+def _prepare(q, k, labels, queue, tau, normalize, exclude_self, lean=True):
+    """Shared front end: validation, differentiable L2 normalisation, gradient-free queue."""
+    _validate(q, k, labels, queue, tau)
+    if exclude_self and k is not q:
+        warnings.warn("contrastive_loss: exclude_self=True with k a different tensor from q treats key i as "
+                      "query i itself and drops it; pass exclude_self=False for MoCo/RSPNet positive keys",
+                      stacklevel=3)
+    acc = torch.promote_types(q.dtype, torch.float32)  # 16-bit inputs: normalise in fp32, keep their dtype
+    norm = _L2Normalize.apply if lean else (lambda x: F.normalize(x.to(acc), dim=1).to(x.dtype))
+    norm = norm if normalize else (lambda x: x)
+    qn = norm(q)
+    kn = qn if k is q else norm(k)
+    qu = None if queue is None else norm(queue.detach().to(q.dtype))
+    return qn, kn, qu
+
+
+def contrastive_loss(q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, *,
+                     queue: torch.Tensor | None = None, tau: float = 0.07, normalize: bool = True,
+                     exclude_self: bool = True, return_stats: bool = False, backend: str | None = None):
+    """Supervised InfoNCE over keys (positives = same label) plus queue negatives, memory O(N*D).
+
+    ``exclude_self=True`` means q and k are the SAME rows (SimCLR/SupCon: ``q = k = cat(z1, z2)``): the
+    diagonal is dropped from denominator and positives. For distinct keys (MoCo/RSPNet, ``k_i`` the positive
+    of ``q_i``) pass ``exclude_self=False``. Rows without a positive are excluded from the mean and counted in
+    ``stats.rows_without_positive`` (``return_stats=True``); if no row has one the loss is 0 with zero grad.
+    ``backend``: None picks "triton" on CUDA (and on CPU when the kernels were imported under
+    TRITON_INTERPRET=1, i.e. tests), else "chunked"; D > 256 or float64 always use "chunked". "eager" is the
+    full-logits reference.
+    """
+    qn, kn, qu = _prepare(q, k, labels, queue, tau, normalize, exclude_self, lean=backend != "eager")
+    backend = backend or _pick_backend(qn)
+    if backend == "eager":
+        loss, n_used = _eager(qn, kn, qu, labels, 1.0 / tau, exclude_self)
+    elif backend in ("triton", "chunked"):
+        qc = qn.contiguous()
+        kc = qc if kn is qn else kn.contiguous()
+        qu = None if qu is None else qu.contiguous()
+        loss, n_used = _ContrastiveFn.apply(qc, kc, qu, labels.contiguous(), 1.0 / float(tau),
+                                            bool(exclude_self), backend)
+    else:
+        raise ValueError(f"backend: expected None, 'triton', 'chunked' or 'eager', got {backend!r}")
+    if not return_stats:
+        return loss
+    rows = torch.tensor(q.shape[0], device=q.device)
+    return loss, ContrastiveStats(rows=rows, rows_used=n_used, rows_without_positive=rows - n_used)
+
+
+def _eager(q, k, queue, labels, scale, exclude):
+    acc = torch.promote_types(q.dtype, torch.float32)
+    keys = k if queue is None else torch.cat([k, queue])
+    logits = (q.to(acc) @ keys.to(acc).T) * scale
+    n = q.shape[0]
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    if exclude:
+        self_mask[:, :n].fill_diagonal_(True)
+    logp = torch.log_softmax(logits.masked_fill(self_mask, float("-inf")), dim=1)
+    pos = torch.zeros_like(self_mask)
+    pos[:, :n] = labels[:, None] == labels[None, :]
+    pos &= ~self_mask
+    cnt = pos.sum(1)
+    used = cnt > 0
+    rows = -logp.masked_fill(~pos, 0.0).sum(1) / cnt.clamp(min=1)
+    return torch.where(used, rows, 0.0).sum() / used.sum().clamp(min=1), used.sum()
+
+
+def contrastive_loss_reference(q, k, labels, *, queue=None, tau=0.07, normalize=True, exclude_self=True,
+                               return_stats=False):
+    """Eager ground truth: materialises the full N x (N+K) logits (tests and benchmarks only)."""
+    return contrastive_loss(q, k, labels, queue=queue, tau=tau, normalize=normalize,
+                            exclude_self=exclude_self, return_stats=return_stats, backend="eager")
+
+
+# ------------------------------------------------------------------------------------------- AOT configs
+
+_ARGS = {  # argument kinds per kernel: p = pointer to input dtype, f = fp32 pointer, l = i64 pointer
+    "fwd": (_fwd_kernel, "Q:p K:p QU:p LAB:l LSE:f POS:f CNT:f N:i NQ:i D:i stride_q:i stride_k:i stride_u:i "
+                         "scale:s exclude:i"),
+    "dq": (_bwd_dq_kernel, "Q:p K:p QU:p LAB:l LSE:f W:f C:f DQ:p N:i NQ:i D:i stride_q:i stride_k:i "
+                           "stride_u:i scale:s exclude:i"),
+    "dk": (_bwd_dk_kernel, "Q:p K:p LAB:l LSE:f W:f C:f DK:p N:i D:i stride_q:i stride_k:i scale:s "
+                           "exclude:i"),
+}
+
+
+def shipped_configs(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> list[dict]:
+    """Every (kernel, BLOCK_D, dtype) the launcher can pick, as ``kernels.aot.aot_compile`` arguments.
+
+    fp16 shares the 16-bit configs of bf16 (same tiles, same register shapes); pass it in ``dtypes`` to check.
+    """
+    out = []
+    for name, kind, block_d in _CONFIGS:
+        fn, spec = _ARGS[name]
+        for dtype in (t for t in dtypes if _kind(t) == kind):
+            _, _, warps, stages, const = _config(name, block_d, dtype)
+            kinds = {"p": f"*{_TRITON_DTYPES[dtype]}", "f": "*fp32", "l": "*i64", "i": "i32", "s": "fp32"}
+            sig = {a: kinds[t] for a, t in (x.split(":") for x in spec.split())}
+            sig.update(dict.fromkeys(const, "constexpr"))
+            out.append(dict(name=f"[{name},D{block_d},{_TRITON_DTYPES[dtype]}]", fn=fn, signature=sig,
+                            constexprs=const, num_warps=warps, num_stages=stages))
+    return out
+
+
+def aot_compile_shipped(archs: tuple[int, ...] = (80, 90), dtypes=(torch.float32, torch.bfloat16)) -> list:
+    """AOT-compile every shipped config for each arch: [(config name, arch, kernels.aot.AotResult)].
+
+    One ``aot_compile_many`` per kernel, two at a time: under TRITON_INTERPRET each is its own child process.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kernels.aot import aot_compile_many
+
+    cfgs = shipped_configs(dtypes)
+    groups: dict = {}
+    for cfg in cfgs:
+        for arch in archs:
+            groups.setdefault(cfg["fn"], []).append((cfg, arch))
+
+    def compile_group(fn):
+        jobs = [dict(signature=c["signature"], constexprs=c["constexprs"], arch=a, num_warps=c["num_warps"],
+                     num_stages=c["num_stages"]) for c, a in groups[fn]]
+        return [(c["name"], a, r) for (c, a), r in zip(groups[fn], aot_compile_many(fn, jobs), strict=True)]
+
+    with ThreadPoolExecutor(2) as pool:
+        return [row for rows in pool.map(compile_group, list(groups)) for row in rows]

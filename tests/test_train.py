@@ -1,0 +1,242 @@
+"""Pre-training on Ray Train: sampler / checkpoint / schedule units, then real 2-worker runs on real videos.
+
+The Ray runs use the real pipeline end to end (synthetic mp4 files -> decord -> DataLoader worker processes ->
+fused augmentation -> objective -> DDP over gloo) on a local 2-CPU Ray; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # report() waits for the controller's poll
+os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="vpray"))  # short: Ray's socket paths are limited
+
+import json  # noqa: E402
+import math  # noqa: E402
+import statistics  # noqa: E402
+from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from vpace.config import Config, ConfigError, OptimConfig, load_config  # noqa: E402
+from vpace.train import export_backbone, pretrain  # noqa: E402
+from vpace.train.checkpoint import load_state, read_meta, save_checkpoint  # noqa: E402
+from vpace.train.loop import StepSchedule, maybe_inject_fault  # noqa: E402
+from vpace.train.sampler import ElasticBatchSampler, epoch_permutation, step_bounds  # noqa: E402
+
+NUM_VIDEOS = 30  # 10 motion classes x 3 (2 train + 1 test); + 1 broken file in the train list
+
+
+# ------------------------------------------------------------------------------------------------ units
+
+
+def _drain(n: int, b: int, world: int, seed: int, epoch: int, consumed: int, steps: int | None) -> tuple[list, int]:
+    """Run `steps` global steps (None = to the end) of every rank; returns (items seen, consumed after)."""
+    samplers = [ElasticBatchSampler(n, b, r, world, seed, epoch, consumed) for r in range(world)]
+    lengths = {len(s) for s in samplers}
+    assert len(lengths) == 1, "every rank must run the same number of steps (DDP)"
+    sizes = samplers[0].step_sizes()
+    iters = [iter(s) for s in samplers]
+    seen = []
+    for k in range(len(sizes) if steps is None else steps):
+        parts = [next(it) for it in iters]
+        assert all(len(p) >= 1 for p in parts), "a rank got an empty batch"
+        assert sum(len(p) for p in parts) == sizes[k]
+        seen += [i for p in parts for i in p]
+        consumed += sizes[k]
+    return seen, consumed
+
+
+@pytest.mark.parametrize("worlds", [(2, 1), (1, 3), (3, 2, 4)])
+def test_sampler_resharding_sees_every_item_once_per_epoch(worlds):
+    n, per_worker_global, seed, epoch = 53, 12, 7, 3
+    seen, consumed = [], 0
+    for k, w in enumerate(worlds):  # each resize = a restart from `consumed`, with a new world size
+        b = max(1, per_worker_global // w)
+        got, consumed = _drain(n, b, w, seed, epoch, consumed, None if k == len(worlds) - 1 else 2)
+        seen += got
+    assert sorted(seen) == list(range(n))  # nothing skipped, nothing doubled
+    assert seen == epoch_permutation(n, seed, epoch).tolist()  # and in the epoch's one order
+    assert epoch_permutation(n, seed, 4).tolist() != seen  # a new epoch reshuffles
+
+
+def test_step_bounds_never_drop_or_starve():
+    assert step_bounds(20, 8, 2) == [(0, 8), (8, 16), (16, 20)]
+    assert step_bounds(17, 8, 2) == [(0, 8), (8, 17)]  # a 1-item tail cannot feed 2 ranks: merged
+    assert step_bounds(0, 8, 2) == []
+
+
+def test_lr_follows_actual_global_batch_and_steps_every_n_epochs():
+    o = OptimConfig(lr=1e-3, base_batch_size=30, lr_step_epochs=6, lr_gamma=0.1)
+    s = StepSchedule(o, global_batch=28)  # batch 30 split over 4 workers = 7 each
+    assert math.isclose(s.lr(0), 1e-3 * 28 / 30)
+    assert math.isclose(s.lr(5), 1e-3 * 28 / 30)
+    assert math.isclose(s.lr(6), 1e-4 * 28 / 30)
+    assert math.isclose(s.lr(17), 1e-5 * 28 / 30)
+
+
+def test_checkpoint_is_atomic_and_weights_only(tmp_path):
+    path = tmp_path / "ckpt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "step": 5}, {"step": 5})
+    with pytest.raises(Exception):  # noqa: B017 - a failing save (unpicklable state) must not touch `path`
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "bad": lambda: 0}, {"step": 6})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp dir left behind
+    state = load_state(path)  # torch.load(weights_only=True)
+    assert state["step"] == 5 and torch.equal(state["model"]["w"], torch.ones(3))
+    assert read_meta(path)["step"] == 5
+
+
+def test_injected_fault_fires_once_per_run_and_only_on_rank_0(tmp_path):
+    cfg = Config()
+    cfg.run.storage, cfg.run.name, cfg.run.fail_at_step = str(tmp_path), "f", 4
+    maybe_inject_fault(cfg, 3, rank=0)  # other steps and other ranks: nothing
+    maybe_inject_fault(cfg, 4, rank=1)
+    with pytest.raises(RuntimeError, match="injected fault at step 4"):
+        maybe_inject_fault(cfg, 4, rank=0)
+    maybe_inject_fault(cfg, 4, rank=0)  # the retry that redoes step 4 must get through
+    assert (tmp_path / "f" / ".vpace_fault_injected_step4").exists()
+
+
+# ---------------------------------------------------------------------------------------- bad configs
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("pace.paces", ""), ("model.backbone", "resnet9000"), ("pace.lambda_ctr", -0.5), ("augment.crop", 500),
+     ("data.index", "/nonexistent/videos")],
+)
+def test_bad_config_fails_before_ray_starts(field, value, tmp_path):
+    import ray
+
+    was_running = ray.is_initialized()
+    cfg = Config()
+    cfg.run.storage = str(tmp_path / "runs")
+    section, name = field.split(".")
+    setattr(getattr(cfg, section), name, value)
+    with pytest.raises(ConfigError) as err:
+        pretrain(cfg)
+    assert err.value.field_name == field and field in str(err.value)
+    assert ray.is_initialized() == was_running
+    assert not (tmp_path / "runs").exists()  # no trainer was built, no run dir written
+
+
+# ------------------------------------------------------------------------------------------- Ray runs
+
+
+def synthetic_set(tmp_path_factory) -> Path:
+    """The small synthetic set both train test modules use (generated once per session: make_synthetic
+    returns at once when the same set already exists)."""
+    from vpace.data.synthetic import make_synthetic
+
+    root = tmp_path_factory.getbasetemp() / "vpace_train_synth"
+    make_synthetic(root, num_videos=NUM_VIDEOS, seed=0, height=64, width=86, max_seconds=3.0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """`synthetic_set` + one broken file listed in the train split (must be skipped and counted)."""
+    from vpace.data import load_index
+
+    root = synthetic_set(tmp_path_factory)
+    trainlist = root / "trainlist01.txt"
+    lines = trainlist.read_text().splitlines()
+    if not any("Broken" in line for line in lines):
+        rel, label = lines[0].split()[:2]  # put the broken file next to the first training video
+        bad = Path(load_index(root).split("train")[0].path).with_name("v_Broken_g99_c01.mp4")
+        bad.write_text("not a video\n")
+        trainlist.write_text("\n".join([*lines, f"{Path(rel).with_name(bad.name).as_posix()} {label}"]) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def tiny(data: Path, storage: Path, name: str, *extra: str) -> Config:
+    """The shipped smoke config, shrunk further so a 2-worker run takes seconds per epoch."""
+    return load_config("smoke", overrides=[
+        f"data.index={data}", f"run.storage={storage}", f"run.name={name}", "data.epoch_size=null",
+        "data.clip_len=8", "data.height=48", "data.width=64", "augment.crop=32", "optim.batch_size=8",
+        "optim.base_batch_size=8", "scale.min_workers=2", "scale.max_workers=2", *extra])
+
+
+def _n_train(data: Path) -> int:
+    return len((data / "trainlist01.txt").read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_two_worker_run_learns_and_leaves_loadable_checkpoint(local_ray, synth, tmp_path):
+    from safetensors.torch import load_file
+
+    from vpace.models import build_backbone
+    from vpace.objectives import build_objective
+
+    epochs, epoch_size = 6, 32  # epoch_size > videos: item i reads video i % n (the broken one is the last)
+    cfg = tiny(synth, tmp_path, "two", f"optim.epochs={epochs}", "optim.lr_step_epochs=10", "optim.lr=0.01",
+               "pace.lambda_ctr=1.0", f"data.epoch_size={epoch_size}", "scale.checkpoint_every=5",
+               "scale.max_failures=0")  # nothing may fail (and be retried away) here
+    n = _n_train(synth)
+    res = pretrain(cfg)
+
+    steps_per_epoch = len(step_bounds(epoch_size, 8, 2))  # global batch 8 = 4 + 4
+    assert res.metrics["step"] == epochs * steps_per_epoch and res.metrics["world_size"] == 2
+    assert res.history["attempts"] == [{"start_step": 0, "world_size": 2}]
+    rows = res.history["epochs"]
+    assert [r["epoch"] for r in rows] == list(range(epochs))
+    broken_per_epoch = len(range(n - 1, epoch_size, n))
+    assert all(r["skipped"] == broken_per_epoch and r["videos"] == epoch_size - broken_per_epoch for r in rows)
+    assert res.metrics["skipped_total"] == epochs * broken_per_epoch
+
+    losses = [r["loss"] for r in res.history["steps"]]
+    third = len(losses) // 3
+    assert statistics.mean(losses[-third:]) < statistics.mean(losses[:third]) - 0.2, losses
+
+    ckpt = Path(res.checkpoint)
+    state = torch.load(ckpt / "state.pt", weights_only=True)  # plain tensors + containers only
+    obj = build_objective(cfg, build_backbone(cfg.model.backbone))
+    obj.load_state_dict(state["model"])  # strict: every key of the objective is in the checkpoint
+    assert state["loop"]["step"] == res.metrics["step"] and len(state["optimizer"]["state"]) > 0
+
+    out = export_backbone(res.run_dir, tmp_path / "bb.safetensors")
+    backbone = build_backbone(cfg.model.backbone)
+    backbone.load_state_dict(load_file(out))  # strict
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(v, state["model"][json.loads((ckpt / "meta.json").read_text())["backbone_prefix"] + k])
+
+    run = Path(res.run_dir)
+    assert (run / "curves.png").stat().st_size > 0 and list((run / "tensorboard").glob("events.*"))
+    csv_rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(csv_rows) == epochs + 1 and csv_rows[0].startswith("epoch,step,")
+
+
+@pytest.mark.slow
+def test_fault_injection_redoes_at_most_one_interval_and_rerun_resumes(local_ray, synth, tmp_path):
+    every, fail_at, total = 3, 7, 10
+    base = ("scale.max_failures=1", f"scale.checkpoint_every={every}", "optim.epochs=20")  # exactly 1 failure
+    cfg = tiny(synth, tmp_path, "fault", *base, f"optim.max_steps={total}", f"run.fail_at_step={fail_at}",
+               "run.fail_mode=exit")  # os._exit(1) in rank 0: the worker process dies
+    res = pretrain(cfg)
+    assert res.metrics["step"] == total
+    assert (Path(res.run_dir) / f".vpace_fault_injected_step{fail_at}").exists()  # the fault did fire
+    attempts = res.history["attempts"]
+    assert attempts[0] == {"start_step": 0, "world_size": 2} and len(attempts) == 2
+    redone = fail_at - attempts[1]["start_step"]
+    assert 0 < redone <= every
+
+    # the user-facing resume: the same command (same run name and storage) continues from the last checkpoint
+    more = tiny(synth, tmp_path, "fault", *base, f"optim.max_steps={total + 2}")
+    res2 = pretrain(more)
+    assert res2.metrics["step"] == total + 2
+    assert res2.history["attempts"][-1]["start_step"] == total
+    assert Counter(r["step"] for r in res2.history["steps"]).most_common(1)[0][1] == 1  # no step logged twice
+    np.testing.assert_equal([r["step"] for r in res2.history["steps"]], list(range(1, total + 3)))

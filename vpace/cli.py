@@ -1,0 +1,288 @@
+"""`vpace` command line: one sub-command per verb, heavy imports deferred so `--help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def _cmd_make_synthetic(a: argparse.Namespace) -> int:
+    from vpace.data.synthetic import make_synthetic
+
+    info = make_synthetic(a.out, num_videos=a.videos, seed=a.seed)
+    print(info)
+    return 0
+
+
+def _cmd_verify_data(a: argparse.Namespace) -> int:
+    from vpace.data import load_index
+    from vpace.data.verify import verify_index
+
+    index = load_index(a.index, split_id=a.split_id)
+    report = verify_index(index)
+    print(report.format())
+    return 1 if report.broken else 0
+
+
+def _cmd_inspect_clip(a: argparse.Namespace) -> int:
+    from vpace.data.contact_sheet import write_contact_sheet
+    from vpace.data.pace import parse_pace
+
+    out = a.out or f"{Path(a.video).stem}_pace{str(a.pace).replace('/', '-')}.png"
+    write_contact_sheet(a.video, parse_pace(a.pace), out, clip_len=a.clip_len, start=a.start)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_configs(a: argparse.Namespace) -> int:
+    from vpace.config import load_config, named_configs
+
+    for name, path in named_configs().items():
+        cfg = load_config(path)
+        print(f"{name:14s} method={cfg.method:9s} backbone={cfg.model.backbone:10s} "
+              f"paces={cfg.pace.paces:12s} epochs={cfg.optim.epochs:<3d} {path}")
+    return 0
+
+
+def _cmd_pretrain(a: argparse.Namespace) -> int:
+    from vpace.config import load_config
+    from vpace.train import pretrain
+
+    cfg = load_config(a.config, overrides=a.set)
+    result = pretrain(cfg, address=a.address)
+    print(result)
+    return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from vpace.train import export_backbone
+
+    out = export_backbone(a.run, a.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_retrieve(a: argparse.Namespace) -> int:
+    from vpace.eval.retrieval import format_table, retrieve
+
+    res = retrieve(a.checkpoint, data=a.data, split_id=a.split_id, layers=a.layers.split(","),
+                   baseline=a.baseline, backbone=a.backbone, out_dir=a.out, num_clips=a.num_clips,
+                   batch_size=a.batch_size, num_workers=a.workers)
+    print(format_table(res["rows"], res["ks"]))
+    return 0
+
+
+def _cmd_finetune(a: argparse.Namespace) -> int:
+    import json
+
+    from vpace.eval.finetune import finetune
+    from vpace.eval.probes import knn_classify, linear_probe
+
+    common = {"data": a.data, "backbone": a.backbone, "baseline": a.baseline, "out_dir": a.out}
+    if a.linear_probe:
+        res = linear_probe(a.checkpoint, layer=a.layer, **common)
+    elif a.knn:
+        res = knn_classify(a.checkpoint, layer=a.layer, k=a.k, **common)
+    else:
+        res = finetune(a.checkpoint, lr=a.lr, epochs=a.epochs, overrides=a.set, address=a.address, **common)
+    print(json.dumps(res.get("summary", res.get("rows", {})), indent=1, default=str))
+    return 0
+
+
+def _cmd_attention(a: argparse.Namespace) -> int:
+    from vpace.eval.attention import attention
+
+    res = attention(a.checkpoint, a.videos, paces=a.paces, out=a.out, backbone=a.backbone, start=a.start)
+    print(f"wrote {res['png']} ({res['rows']} videos x {res['cols']} paces)")
+    return 0
+
+
+def _cmd_embed(a: argparse.Namespace) -> int:
+    from vpace.eval.embed import embed_to_file
+
+    res = embed_to_file(a.videos, a.checkpoint, out=a.out, layer=a.layer, mode=a.mode, backbone=a.backbone)
+    print(f"wrote {a.out} ({res.get('shape', '')})")
+    return 0
+
+
+def _cmd_speed(a: argparse.Namespace) -> int:
+    from vpace.eval.speed import speed
+
+    res = speed(a.video, a.checkpoint, out_dir=a.out, stride=a.stride)
+    print(f"wrote {res['png']} and {res['csv']} ({len(res['rows'])} segments)")
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from vpace.eval.report import write_report
+
+    write_report(a.run, out=a.out)
+    return 0
+
+
+def _cmd_tune(a: argparse.Namespace) -> int:
+    from vpace.tune import tune
+
+    outcome = tune(a.config, address=a.address, name=a.name, overrides=a.set)
+    print(outcome)
+    return 0
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from kernels.bench import print_kernel_table
+
+    print_kernel_table()
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from vpace.demo import run_demo
+
+    run_demo(data=a.data, runs=a.runs, quick=a.quick, overrides=a.set)
+    return 0
+
+
+def _add(sub: argparse._SubParsersAction, name: str, help_: str, handler: Handler) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_, description=help_)
+    p.set_defaults(_handler=handler)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vpace",
+        description="Self-supervised video representation learning by pace prediction (and RSPNet).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = _add(sub, "make-synthetic", "write the synthetic motion action set (mp4 + UCF101-style splits)",
+             _cmd_make_synthetic)
+    p.add_argument("out", help="output folder")
+    p.add_argument("--videos", type=int, default=500, help="number of videos (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = _add(sub, "verify-data", "read every video's header and one frame; report broken ones",
+             _cmd_verify_data)
+    p.add_argument("index", help="data folder, UCF101/HMDB51 split dir, Kinetics CSV or index JSON")
+    p.add_argument("--split-id", type=int, default=1)
+
+    p = _add(sub, "inspect-clip", "write a PNG contact sheet of the frames a pace samples", _cmd_inspect_clip)
+    p.add_argument("video")
+    p.add_argument("--pace", default="1", help="pace, e.g. 2 or 1/2 (default 1)")
+    p.add_argument("--clip-len", type=int, default=16)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--out", default=None, help="PNG path (default: <video>_pace<p>.png)")
+
+    _add(sub, "configs", "list the named configs shipped with vpace", _cmd_configs)
+
+    p = _add(sub, "pretrain", "self-supervised pre-training on Ray Train (local Ray unless --address)",
+             _cmd_pretrain)
+    p.add_argument("--config", required=True, help="named config (see `vpace configs`) or YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set optim.lr=0.01 (repeatable)")
+    p.add_argument("--address", default=None, help="join a running Ray cluster ('auto'); default: local Ray")
+
+    p = _add(sub, "export", "extract the backbone of a run/checkpoint to .safetensors", _cmd_export)
+    p.add_argument("run", help="run directory or checkpoint directory")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+
+    p = _add(sub, "retrieve", "video retrieval (test split queries train split), VCOP/VCP protocol",
+             _cmd_retrieve)
+    _model_args(p)
+    p.add_argument("--layers", default="p5,p4", help="comma list of p5 (last pool) / p4 (second last)")
+    p.add_argument("--num-clips", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+
+    p = _add(sub, "finetune", "action recognition: fine-tune on Ray Train (or --linear-probe / --knn)",
+             _cmd_finetune)
+    _model_args(p)
+    p.add_argument("--linear-probe", action="store_true", help="logistic regression on frozen features")
+    p.add_argument("--knn", action="store_true", help="kNN classifier on frozen (cached) features")
+    p.add_argument("--layer", default="p5")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--lr", type=float, default=None, help="default 3e-3 (0.01 for s3d_g)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--address", default=None)
+
+    p = _add(sub, "attention", "conv5 activation attention per pace, as a PNG grid (paper Fig. 5)",
+             _cmd_attention)
+    p.add_argument("checkpoint", help="run dir, checkpoint dir or backbone file")
+    p.add_argument("videos", nargs="+")
+    p.add_argument("--paces", default=None, help="default: the run's pace set")
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--out", default=None, help="PNG path (default <run>/eval/attention.png)")
+
+    p = _add(sub, "embed", "features of videos to .npy (for downstream use)", _cmd_embed)
+    p.add_argument("checkpoint", help="run dir, checkpoint dir or backbone file")
+    p.add_argument("videos", nargs="+", help="video files or one data index")
+    p.add_argument("--out", default="embeddings.npy")
+    p.add_argument("--layer", default="p5")
+    p.add_argument("--mode", default="video", choices=("video", "clip"))
+    p.add_argument("--backbone", default=None)
+
+    p = _add(sub, "speed", "predict the pace of every segment of a video (PNG + CSV)", _cmd_speed)
+    p.add_argument("video")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--stride", type=int, default=8)
+    p.add_argument("--out", default=None, help="output folder")
+
+    p = _add(sub, "report", "write <run>/report.md (config, curves, retrieval/fine-tune tables, benchmarks)",
+             _cmd_report)
+    p.add_argument("run")
+    p.add_argument("--out", default=None)
+
+    p = _add(sub, "tune", "Ray Tune search over pace settings / loss weights (tune_configs/*.yaml)",
+             _cmd_tune)
+    p.add_argument("config", help="search YAML, e.g. tune_configs/smoke.yaml")
+    p.add_argument("--name", default=None, help="experiment name (default: the file's stem); re-run resumes")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
+    p.add_argument("--address", default=None)
+
+    p = _add(sub, "bench", "print kernel benchmarks measured on this machine", _cmd_bench)
+    p.add_argument("what", choices=("kernels",))
+
+    p = _add(sub, "demo", "the whole job: synthetic data -> pre-train -> retrieval vs random -> report",
+             _cmd_demo)
+    p.add_argument("--data", default=None, help="use your own UCF101/HMDB51-style folder instead")
+    p.add_argument("--runs", default="runs", help="output root (default runs/)")
+    p.add_argument("--quick", action="store_true", help="same path, tiny sizes (CI)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the demo config")
+
+    return parser
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="run dir, checkpoint dir or backbone file (omit with --backbone for random init)")
+    p.add_argument("--data", default=None, help="labeled data (default: the run's data index)")
+    p.add_argument("--split-id", type=int, default=1)
+    p.add_argument("--baseline", choices=("random",), default=None, help="also evaluate a random init")
+    p.add_argument("--backbone", default=None, help="backbone name when there is no checkpoint")
+    p.add_argument("--out", default=None, help="output folder (default <run>/eval)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._handler(args) or 0)
+    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no stack trace
+        print(f"vpace {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""Video indexes: which files make up a data set, their class labels and splits.
+
+Four on-disk formats are understood (``load_index`` detects which): (a) a folder tree
+``root/<class>/<video>`` (or ``root/<split>/<class>/<video>``), (b) UCF101 ``classInd.txt`` +
+``trainlist0N.txt`` / ``testlist0N.txt``, (c) HMDB51 ``<class>_test_split<N>.txt`` (1=train, 2=test,
+0=unused) and (d) a Kinetics CSV ``label,youtube_id,time_start,time_end,split``. Listed-but-missing files are
+collected in ``VideoIndex.missing`` and reported once (count + first paths) instead of failing deep inside a
+data loader; an index in which nothing exists is an error. ``save_index`` / ``load_index("x.json")`` freeze an
+index so a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "IndexFormatError",
+    "VideoEntry",
+    "VideoIndex",
+    "from_folder",
+    "from_hmdb51",
+    "from_kinetics_csv",
+    "from_ucf101",
+    "load_index",
+    "save_index",
+]
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
+SPLITS = ("train", "test", "val", "all")
+_SPLIT_ALIASES = {
+    "validate": "val",
+    "validation": "val",
+    "valid": "val",
+    "training": "train",
+    "testing": "test",
+}
+_HMDB_RE = re.compile(r"^(?P<cls>.+)_test_split(?P<n>\d+)\.txt$")
+_JSON_FORMAT = "vpace-index"
+_MAX_SHOWN = 5
+
+
+class IndexFormatError(ValueError):
+    """An annotation file is malformed; the message names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    path: str
+    label: int = -1  # -1 when unlabeled
+    split: str = "all"
+
+
+@dataclass
+class VideoIndex:
+    entries: list[VideoEntry]
+    classes: list[str]
+    root: str
+    missing: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[VideoEntry]:
+        return iter(self.entries)
+
+    def __getitem__(self, i: int) -> VideoEntry:
+        return self.entries[i]
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted({e.split for e in self.entries})
+
+    def split(self, name: str) -> VideoIndex:
+        """The sub-index of one split (``"all"`` = everything); an unknown split is an error, not empty."""
+        name = _SPLIT_ALIASES.get(name, name)
+        if name == "all":
+            return VideoIndex(list(self.entries), list(self.classes), self.root, list(self.missing))
+        entries = [e for e in self.entries if e.split == name]
+        if not entries:
+            raise ValueError(f"index of {self.root} has no {name!r} videos; its splits are {self.splits}")
+        return VideoIndex(entries, list(self.classes), self.root, list(self.missing))
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _is_video(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _norm_split(s: str) -> str:
+    s = s.strip().lower()
+    return _SPLIT_ALIASES.get(s, s) or "all"
+
+
+def _first_existing(candidates: list[Path]) -> Path | None:
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _finish(
+    entries: list[VideoEntry], classes: list[str], root: Path, missing: list[str], what: str
+) -> VideoIndex:
+    """Build the index; warn once about missing files, fail if nothing exists at all."""
+    if not entries:
+        shown = "".join(f"\n  {m}" for m in missing[:_MAX_SHOWN])
+        detail = f"; all {len(missing)} listed files are missing, e.g.:{shown}" if missing else ""
+        raise FileNotFoundError(f"no videos found for {what} (root {root}){detail}")
+    if missing:
+        shown = ", ".join(missing[:_MAX_SHOWN]) + (", ..." if len(missing) > _MAX_SHOWN else "")
+        warnings.warn(
+            f"{len(missing)} of {len(missing) + len(entries)} videos listed in {what} are missing "
+            f"(see index.missing): {shown}",
+            stacklevel=3,
+        )
+    return VideoIndex(entries, classes, str(root), missing)
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    """Non-empty, stripped lines with their 1-based line numbers."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [(n, s.strip()) for n, s in enumerate(text.splitlines(), 1) if s.strip()]
+
+
+# ---------------------------------------------------------------------------------------------------- formats
+
+
+def from_folder(root: str | Path) -> VideoIndex:
+    """(a) ``root/<class>/<video>``, or ``root/<split>/<class>/<video>`` when the top folders are splits.
+
+    Video files directly in ``root`` are added unlabeled (-1), for a flat folder of pre-training videos.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"video folder {root} does not exist")
+    tops = sorted(d for d in root.iterdir() if d.is_dir())
+    split_dirs = [d for d in tops if _norm_split(d.name) in SPLITS]
+    by_split = split_dirs and len(split_dirs) == len(tops)
+    groups = [(d, _norm_split(d.name)) for d in split_dirs] if by_split else [(root, "all")]
+    classes = sorted({c.name for g, _ in groups for c in g.iterdir() if c.is_dir()})
+    lookup = {c: i for i, c in enumerate(classes)}
+    entries = [
+        VideoEntry(str(v), lookup[c.name], split)
+        for g, split in groups
+        for c in sorted(d for d in g.iterdir() if d.is_dir())
+        for v in sorted(c.iterdir())
+        if _is_video(v)
+    ]
+    entries += [VideoEntry(str(v), -1, "all") for v in sorted(root.iterdir()) if _is_video(v)]  # unlabeled
+    return _finish(entries, classes, root, [], f"folder tree {root}")
+
+
+def _find_annotation_dir(root: Path, pattern: str) -> Path | None:
+    """``root`` itself or an immediate sub-folder (e.g. ``ucfTrainTestlist/``) holding ``pattern``."""
+    for d in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        if next(d.glob(pattern), None) is not None:
+            return d
+    return None
+
+
+def from_ucf101(root: str | Path, split_id: int = 1, annotation_dir: str | Path | None = None) -> VideoIndex:
+    """(b) UCF101: ``classInd.txt`` ("1 Cls") + ``trainlist0N.txt`` ("Cls/v.avi 1") + ``testlist0N.txt``.
+
+    Video paths resolve against ``root``, the annotation folder, ``root/UCF-101``, ``root/videos`` (the
+    synthetic set's layout) and the annotation folder's parent (the official layout keeps
+    ``ucfTrainTestlist/`` next to ``UCF-101/``).
+    """
+    root = Path(root).resolve()
+    adir = Path(annotation_dir).resolve() if annotation_dir else _find_annotation_dir(root, "classInd.txt")
+    if adir is None or not (adir / "classInd.txt").is_file():
+        raise FileNotFoundError(f"no classInd.txt in {root} or its sub-folders")
+    class_file = adir / "classInd.txt"
+    numbered = []
+    for n, line in _read_lines(class_file):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise IndexFormatError(f"{class_file}:{n}: expected '<index> <class>', got {line!r}")
+        numbered.append((int(parts[0]), parts[1]))
+    classes = [c for _, c in sorted(numbered)]
+    if [i for i, _ in sorted(numbered)] != list(range(1, len(classes) + 1)):
+        raise IndexFormatError(f"{class_file}: class indices must be 1..{len(classes)} without gaps")
+    lookup = {c: i for i, c in enumerate(classes)}
+    bases = [root, adir, root / "UCF-101", root / "videos", adir.parent, adir / "videos"]
+    lists = [(adir / f"{kind}list{split_id:02d}.txt", kind) for kind in ("train", "test")]
+    if not any(f.is_file() for f, _ in lists):
+        raise FileNotFoundError(f"split {split_id}: neither {lists[0][0]} nor {lists[1][0]} exists")
+    entries, missing = [], []
+    for list_file, split in lists:
+        if not list_file.is_file():
+            continue
+        for n, line in _read_lines(list_file):
+            parts = line.split()
+            rel = parts[0]
+            cls = rel.replace("\\", "/").split("/")[0] if "/" in rel.replace("\\", "/") else None
+            if len(parts) > 1:  # trainlist carries a 1-based label
+                if not parts[1].isdigit() or not 1 <= int(parts[1]) <= len(classes):
+                    raise IndexFormatError(f"{list_file}:{n}: label {parts[1]!r} not in 1..{len(classes)}")
+                label = int(parts[1]) - 1
+                if cls in lookup and lookup[cls] != label:
+                    raise IndexFormatError(f"{list_file}:{n}: label {parts[1]} is not the class of {cls!r}")
+            elif cls in lookup:
+                label = lookup[cls]
+            else:
+                raise IndexFormatError(f"{list_file}:{n}: class folder of {rel!r} is not in {class_file}")
+            found = _first_existing([b / rel for b in bases])
+            if found is None:
+                missing.append(str(root / rel))
+            else:
+                entries.append(VideoEntry(str(found), label, split))
+    return _finish(entries, classes, root, missing, f"UCF101 split {split_id} ({adir})")
+
+
+def from_hmdb51(root: str | Path, split_id: int = 1, annotation_dir: str | Path | None = None) -> VideoIndex:
+    """(c) HMDB51: ``<class>_test_split<N>.txt`` lines ``<video> <0|1|2>`` (1=train, 2=test, 0=unused)."""
+    root = Path(root).resolve()
+    pattern = f"*_test_split{split_id}.txt"
+    adir = Path(annotation_dir).resolve() if annotation_dir else _find_annotation_dir(root, pattern)
+    files = sorted(adir.glob(pattern)) if adir else []
+    if not files:
+        raise FileNotFoundError(f"no HMDB51 split files {pattern} in {root} or its sub-folders")
+    classes = sorted(_HMDB_RE.match(f.name)["cls"] for f in files)
+    entries, missing = [], []
+    for ci, cls in enumerate(classes):
+        split_file = adir / f"{cls}_test_split{split_id}.txt"
+        for n, line in _read_lines(split_file):
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise IndexFormatError(f"{split_file}:{n}: expected '<video> <0|1|2>', got {line!r}")
+            if parts[1] == "0":
+                continue
+            split = "train" if parts[1] == "1" else "test"
+            found = _first_existing([root / cls / parts[0], adir.parent / cls / parts[0], root / parts[0]])
+            if found is None:
+                missing.append(str(root / cls / parts[0]))
+            else:
+                entries.append(VideoEntry(str(found), ci, split))
+    return _finish(entries, classes, root, missing, f"HMDB51 split {split_id} ({adir})")
+
+
+def _kinetics_candidates(roots: list[Path], row: dict[str, str], split: str) -> list[Path]:
+    label = (row.get("label") or "").strip()
+    start, end = (int(float(row[k])) for k in ("time_start", "time_end"))
+    stem = f"{row['youtube_id'].strip()}_{start:06d}_{end:06d}"
+    raw_split = (row.get("split") or "").strip()
+    label_dirs = list(dict.fromkeys(d for d in (label, label.replace(" ", "_")) if d))
+    splits = list(dict.fromkeys(x for x in (raw_split, split) if x))
+    dirs = []
+    for root in roots:
+        dirs += [root / s / lab for s in splits for lab in label_dirs]
+        dirs += [root / lab for lab in label_dirs] + [root / s for s in splits] + [root]
+    return [d / f"{stem}{ext}" for d in dirs for ext in (".mp4", ".webm", ".mkv")]
+
+
+def from_kinetics_csv(csv_files: str | Path | list[str | Path], root: str | Path | None = None) -> VideoIndex:
+    """(d) Kinetics CSV(s) ``label,youtube_id,time_start,time_end,split``; files ``<id>_<start>_<end>.mp4``.
+
+    Start/end are zero-padded to 6 digits. Each file is looked for in ``root/<split>/<label>/``,
+    ``root/<label>/``, ``root/<split>/`` and ``root/`` (root defaults to the CSV's folder, then its parent,
+    for ``root/annotations/train.csv``). An empty label (Kinetics test set) gives -1.
+    """
+    files = [Path(f).resolve() for f in (csv_files if isinstance(csv_files, list) else [csv_files])]
+    roots = [Path(root).resolve()] if root else [files[0].parent, files[0].parent.parent]
+    root = roots[0]
+    rows: list[tuple[Path, int, dict[str, str]]] = []
+    for f in files:
+        with f.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            need = {"youtube_id", "time_start", "time_end"} - set(reader.fieldnames or [])
+            if need:
+                raise IndexFormatError(f"{f}: missing column(s) {sorted(need)}; header: {reader.fieldnames}")
+            rows += [(f, n, row) for n, row in enumerate(reader, 2)]
+    classes = sorted({(r.get("label") or "").strip() for _, _, r in rows} - {""})
+    lookup = {c: i for i, c in enumerate(classes)}
+    entries, missing = [], []
+    for f, n, row in rows:
+        label = (row.get("label") or "").strip()
+        split = _norm_split(row.get("split") or "all")
+        try:
+            candidates = _kinetics_candidates(roots, row, split)
+        except (TypeError, ValueError):
+            raise IndexFormatError(f"{f}:{n}: bad time_start/time_end in {row}") from None
+        found = _first_existing(candidates)
+        if found is None:
+            missing.append(str(candidates[0]))
+        else:
+            entries.append(VideoEntry(str(found), lookup.get(label, -1), split))
+    return _finish(entries, classes, root, missing, f"Kinetics CSV {', '.join(str(f) for f in files)}")
+
+
+# ----------------------------------------------------------------------------------------------- JSON, auto
+
+
+def save_index(index: VideoIndex, path: str | Path) -> Path:
+    """Freeze an index (absolute paths) so a run reads exactly the same videos later."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "format": _JSON_FORMAT,
+        "version": 1,
+        "root": index.root,
+        "classes": index.classes,
+        "entries": [[e.path, e.label, e.split] for e in index.entries],
+        "missing": index.missing,
+    }
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def _from_json(path: Path) -> VideoIndex:
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format") != _JSON_FORMAT:
+            raise IndexFormatError(f"{path}: not a vpace index (format={doc.get('format')!r})")
+        entries = [VideoEntry(str(p), int(lab), str(s)) for p, lab, s in doc["entries"]]
+        return VideoIndex(entries, list(doc["classes"]), str(doc["root"]), list(doc.get("missing", [])))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, IndexFormatError):
+            raise
+        raise IndexFormatError(f"{path}: malformed vpace index JSON ({e})") from None
+
+
+def _is_kinetics_csv(path: Path) -> bool:
+    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+        header = next(csv.reader(fh), [])
+    return {"youtube_id", "time_start", "time_end"} <= {h.strip() for h in header}
+
+
+def load_index(spec: str | Path, *, split_id: int = 1) -> VideoIndex:
+    """Detect the format of ``spec`` (a folder, an annotation file or a saved ``.json``) and load it."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"index {path} does not exist")
+    if path.is_file():
+        name = path.name
+        if path.suffix.lower() == ".json":
+            return _from_json(path)
+        if path.suffix.lower() == ".csv":
+            if not _is_kinetics_csv(path):
+                raise IndexFormatError(
+                    f"{path}: expected a Kinetics header label,youtube_id,time_start,time_end,split"
+                )
+            return from_kinetics_csv(path)
+        if name == "classInd.txt" or re.match(r"^(train|test)list\d+\.txt$", name):
+            return from_ucf101(path.parent, split_id, annotation_dir=path.parent)
+        if _HMDB_RE.match(name):
+            return from_hmdb51(path.parent, split_id, annotation_dir=path.parent)
+        raise IndexFormatError(
+            f"{path}: unknown index file (expected .json, Kinetics .csv, classInd.txt or an HMDB split file)"
+        )
+    if _find_annotation_dir(path, "classInd.txt"):
+        return from_ucf101(path, split_id)
+    if _find_annotation_dir(path, "*_test_split*.txt"):
+        return from_hmdb51(path, split_id)
+    adir = _find_annotation_dir(path, "*.csv")
+    csvs = [f for f in sorted(adir.glob("*.csv")) if _is_kinetics_csv(f)] if adir else []
+    if csvs:
+        return from_kinetics_csv(csvs, root=path)
+    return from_folder(path)

@@ -1,0 +1,304 @@
+"""decord video reader that decodes only the frames a clip needs, resized on decode.
+
+A pace clip names at most ``clip_len`` source frames, often with repeats (slow pace) or far apart (fast pace),
+so we decode the sorted unique indices once through ``get_batch`` and hand back an index map. Every failure of
+decord (which raises a bare ``DECORDError``/``RuntimeError``/``AssertionError`` with a C++ trace) becomes a
+``BrokenVideoError(path, reason)`` whose reason says what is wrong (empty, not a video, truncated, no video
+stream, zero frames) so a data loader can skip and count it and ``verify-data`` can report it.
+
+``cache_dir`` (``open_video``) stores each video's decoded uint8 frames once as ``.npy`` so later epochs read
+them through a memory map instead of decoding: on a 2-core machine decoding dominates a small model's step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .pace import unique_with_map
+
+__all__ = [
+    "BrokenVideoError",
+    "CachedVideoReader",
+    "FrameSource",
+    "VideoReader",
+    "diagnose_video",
+    "header_frame_count",
+    "open_video",
+    "output_size",
+]
+
+# Leading bytes of common containers: a file that starts like one but cannot be opened is truncated/corrupt.
+_MAGIC = (b"RIFF", b"\x1a\x45\xdf\xa3", b"FLV", b"OggS", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")
+_CHUNK = 128  # frames per get_batch when decoding a whole video for the cache
+_CC_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+\.(cc|h|cpp):\d+: ")
+
+
+class BrokenVideoError(RuntimeError):
+    """A video that cannot be read; ``reason`` is a short human explanation."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # keep (path, reason) when raised inside a DataLoader worker
+        return (type(self), (self.path, self.reason))
+
+
+class FrameSource:
+    """What datasets read: ``path``, ``num_frames``, ``fps``, ``get_frames`` (subclasses give ``_take``)."""
+
+    path: str
+    num_frames: int
+    fps: float
+
+    def get_frames(self, indices: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(frames uint8 [F, H, W, 3], index_map int64 [len(indices)])``, ``frames[index_map]`` = clip."""
+        unique, index_map = unique_with_map(indices)
+        if unique.size == 0:
+            raise ValueError("get_frames needs at least one frame index")
+        if unique[0] < 0 or unique[-1] >= self.num_frames:
+            raise ValueError(
+                f"{self.path}: frame indices must be in [0, {self.num_frames}), got {unique[0]}..{unique[-1]}"
+            )
+        return self._take(unique), index_map
+
+    def _take(self, unique: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the decoder / memory map (also done by ``with``)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _decord():
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)  # we report failures ourselves
+    return decord
+
+
+def _looks_like_container(head: bytes) -> bool:
+    return head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide") or head.startswith(_MAGIC)
+
+
+def diagnose_video(path: str | os.PathLike, error: BaseException | str | None = None) -> str:
+    """A short reason why ``path`` cannot be read (PyAV probe + file bytes), ``error`` as the fallback."""
+    import av
+
+    p = Path(path)
+    if not p.exists():
+        return "file not found"
+    if p.is_dir():
+        return "is a directory, not a video file"
+    if p.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    with p.open("rb") as fh:
+        head = fh.read(16)
+    try:
+        container = av.open(str(p))
+    except Exception:  # noqa: BLE001 - any PyAV/FFmpeg failure means "cannot be opened"
+        if _looks_like_container(head):
+            return "truncated or corrupt container (cannot be opened)"
+        return "not a video file (unrecognised format)"
+    with container:
+        if not container.streams.video:
+            return "no video stream"
+        try:
+            for _ in container.decode(video=0):
+                break
+            else:
+                return "zero frames"
+        except Exception as e:  # noqa: BLE001
+            return f"undecodable video stream ({_short(e)})"
+    return f"unreadable by decord ({_short(error)})" if error is not None else "unreadable"
+
+
+def header_frame_count(path: str | os.PathLike) -> int:
+    """Frame count the container header declares (0 if unknown, e.g. Matroska), read with PyAV."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            return int(c.streams.video[0].frames) if c.streams.video else 0
+    except Exception:  # noqa: BLE001 - the decord open reports the real problem
+        return 0
+
+
+def _short(error: BaseException | str | None) -> str:
+    """First informative line of a decord error without its ``[time] src/file.cc:N:`` prefixes."""
+    lines = str(error).strip().splitlines()
+    text = _CC_PREFIX.sub("", lines[0]).strip() if lines else ""
+    return (text or type(error).__name__)[:200]
+
+
+def _reason(path: str, error: BaseException, num_frames: int | None = None) -> str:
+    """Why decord failed: cheap message checks first, then (opened fine, decode failed) the header count."""
+    text = str(error)
+    if "av_read_frame failed" in text or "partial file" in text:
+        return "truncated or corrupt stream (read error while indexing frames)"
+    if "Invalid frame count" in text:
+        return "zero frames"
+    if num_frames is None:
+        return diagnose_video(path, error)
+    declared = header_frame_count(path)
+    if declared > num_frames:
+        return f"truncated or corrupt stream ({num_frames} of {declared} declared frames, decode failed)"
+    return f"decoding failed ({_short(error)})"
+
+
+def output_size(path: str, height: int | None, width: int | None, short_side: int | None) -> tuple[int, int]:
+    """Decode size ``(height, width)``; ``short_side`` keeps the aspect ratio, ``-1`` means native."""
+    if short_side is None:
+        if (height is None) != (width is None):
+            raise ValueError("give both height and width (or short_side, or neither for native size)")
+        return (-1, -1) if height is None else (int(height), int(width))
+    if short_side < 1:
+        raise ValueError(f"short_side must be >= 1, got {short_side}")
+    import av
+
+    try:
+        with av.open(path) as c:
+            h, w = c.streams.video[0].codec_context.height, c.streams.video[0].codec_context.width
+    except Exception as e:  # noqa: BLE001
+        raise BrokenVideoError(path, diagnose_video(path, e)) from None
+    if not h or not w:
+        raise BrokenVideoError(path, "video stream has no frame size")
+    scale = short_side / min(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Antialiased bilinear resize of uint8 [F, H, W, 3] frames (the fallback when decord cannot scale)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class VideoReader(FrameSource):
+    """``VideoReader(path, height=128, width=171)``: decord reader returning only the requested frames."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        height: int | None = 128,
+        width: int | None = 171,
+        short_side: int | None = None,
+        threads: int = 1,
+    ):
+        self.path = str(path)
+        if not os.path.isfile(self.path):
+            raise BrokenVideoError(self.path, diagnose_video(self.path))
+        h, w = output_size(self.path, height, width, short_side)
+        decord = _decord()
+        self._size, self._threads, self._native = (h, w), int(threads), False
+        try:
+            self._vr = decord.VideoReader(self.path, width=w, height=h, num_threads=int(threads))
+            self.num_frames = len(self._vr)
+            self.fps = float(self._vr.get_avg_fps())
+        except Exception as e:  # noqa: BLE001 - decord raises DECORDError, RuntimeError, AssertionError
+            self._vr = None
+            raise BrokenVideoError(self.path, _reason(self.path, e)) from None
+        if self.num_frames < 1:
+            raise BrokenVideoError(self.path, "zero frames")
+
+    def _take(self, unique: np.ndarray) -> np.ndarray:
+        if self._vr is None:
+            raise ValueError(f"{self.path}: reader is closed")
+        try:
+            batch = self._vr.get_batch(unique.tolist())
+            frames = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
+        except Exception as e:  # noqa: BLE001
+            if "from_size == to_size" not in str(e) or self._native:
+                raise BrokenVideoError(self.path, _reason(self.path, e, self.num_frames)) from None
+            # decord's scaler rejects some output sizes (e.g. width 48 or 96 from 172): decode at native
+            # size and resize here instead, for this and later batches.
+            self._vr, self._native = _decord().VideoReader(self.path, num_threads=self._threads), True
+            return self._take(unique)
+        if self._native:
+            frames = _resize(frames, self._size)
+        if frames.ndim != 4 or frames.shape[0] != unique.size or frames.shape[-1] != 3:
+            raise BrokenVideoError(self.path, f"decoder gave shape {frames.shape} for {unique.size} frames")
+        return np.ascontiguousarray(frames, dtype=np.uint8)
+
+    def read_all(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Every frame, decoded in chunks (optionally into a memory map) to bound peak memory."""
+        for lo in range(0, self.num_frames, _CHUNK):
+            chunk = self._take(np.arange(lo, min(lo + _CHUNK, self.num_frames)))
+            if out is None:
+                out = np.empty((self.num_frames, *chunk.shape[1:]), np.uint8)
+            out[lo : lo + len(chunk)] = chunk
+        return out
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class CachedVideoReader(FrameSource):
+    """Same interface as ``VideoReader`` but backed by a ``.npy`` of all decoded frames (built on first use).
+
+    The cache key covers the file's path, size, mtime and the decode size, so an edited video or another
+    resolution never reads stale frames. Files are written under a temporary name and renamed, so concurrent
+    DataLoader workers at worst decode the same video twice.
+    """
+
+    def __init__(self, path: str | os.PathLike, cache_dir: str | os.PathLike, **reader_kw):
+        """``reader_kw``: the ``VideoReader`` options (height, width, short_side, threads)."""
+        self.path = str(path)
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            raise BrokenVideoError(self.path, diagnose_video(self.path)) from None
+        size = {k: reader_kw.get(k, d) for k, d in (("height", 128), ("width", 171), ("short_side", None))}
+        key = f"{os.path.abspath(self.path)}|{st.st_size}|{st.st_mtime_ns}|{sorted(size.items())}"
+        stem = Path(cache_dir) / f"{Path(self.path).stem[:40]}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+        npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
+        if not meta.is_file() or not npy.is_file():
+            self._build(npy, meta, **reader_kw)
+        self.fps = float(json.loads(meta.read_text())["fps"])
+        self._frames = np.load(npy, mmap_mode="r")
+        self.num_frames = int(self._frames.shape[0])
+
+    def _build(self, npy: Path, meta: Path, **kw) -> None:
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = npy.with_name(f".{npy.stem}.{os.getpid()}.tmp.npy")
+        with VideoReader(self.path, **kw) as vr:
+            shape = (vr.num_frames, *vr.get_frames([0])[0].shape[1:])
+            try:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                vr.read_all(out)
+                out.flush()
+                del out
+                os.replace(tmp, npy)
+            finally:
+                tmp.unlink(missing_ok=True)
+            tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
+            tmp_meta.write_text(json.dumps({"path": self.path, "fps": vr.fps, "num_frames": vr.num_frames}))
+            os.replace(tmp_meta, meta)
+
+    def _take(self, unique: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self._frames[unique])
+
+    def close(self) -> None:
+        self._frames = None
+
+
+def open_video(
+    path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, **reader_kw
+) -> VideoReader | CachedVideoReader:
+    """A ``VideoReader(path, **reader_kw)``, or a ``CachedVideoReader`` when ``cache_dir`` is given."""
+    return CachedVideoReader(path, cache_dir, **reader_kw) if cache_dir else VideoReader(path, **reader_kw)

@@ -1,0 +1,239 @@
+"""Action recognition on top of a pre-trained backbone (pace paper §4.1), plus two cheap probes.
+
+- ``finetune``: conv weights from the pre-trained checkpoint (or a backbone file, or random init for the
+  baseline), a new fc, cross-entropy, lr 3e-3 (0.01 for S3D-G), the pre-training augmentation and schedule.
+  It is a :class:`~vpace.train.task.Task` on the shared Ray Train loop, so checkpoints, elasticity and fault
+  tolerance are the pre-training ones. Test: 10 uniformly spaced clips per video, center crop, softmax
+  averaged -> video accuracy (and clip accuracy).
+- ``linear_probe``: frozen backbone, a logistic regression on cached per-clip features (minutes -> seconds).
+- ``knn_classify``: weighted kNN on cached video-level features, no training at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from vpace.config import Config, load_config
+from vpace.data import PaceClipDataset, VideoIndex, load_index
+from vpace.eval.features import ClipSpec, center_clips, clip_batches, skipped_videos
+from vpace.eval.loading import eval_dir, load_model
+from vpace.eval.metrics import clip_and_video_accuracy
+from vpace.eval.probes import knn_classify, linear_probe
+from vpace.eval.results import markdown_table, pct, write_result
+from vpace.train.checkpoint import find_latest, load_state
+from vpace.train.pretrain_task import PretrainTask, augment_batch, load_split
+from vpace.train.task import Task
+
+log = logging.getLogger(__name__)
+
+FINETUNE_LR = {"s3d_g": 0.01, "tv_s3d": 0.01}  # paper §4.1; 3e-3 for every other backbone
+DEFAULT_LR = 3e-3
+
+
+class Classifier(nn.Module):
+    """Backbone + a new fc: the fine-tuning model (dropout before the fc, as in VCOP's fine-tuning)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(backbone.feature_dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.dropout(self.backbone(x)))
+
+
+class FinetuneTask(Task):
+    """Labeled pace-1 clips of ``cfg.data.split`` -> cross-entropy of a :class:`Classifier`.
+
+    Picklable: only a path and ints until ``setup`` (which runs on the Ray worker)."""
+
+    name = "finetune"
+
+    def __init__(self, source: str | None, num_classes: int, dropout: float = 0.5) -> None:
+        self.source = str(Path(source).resolve()) if source else None
+        self.num_classes, self.dropout = int(num_classes), float(dropout)
+
+    def check(self, cfg: Config) -> None:
+        if self.source is not None and not Path(self.source).exists():
+            raise FileNotFoundError(f"finetune: checkpoint not found: {self.source}")
+        load_split(cfg)
+
+    def setup(self, cfg: Config, device: torch.device) -> nn.Module:
+        self.cfg = cfg
+        bb = load_model(self.source, backbone=cfg.model.backbone, seed=cfg.run.seed).backbone
+        self.model = Classifier(bb, self.num_classes, self.dropout).to(device).train()
+        self.wrapped: nn.Module = self.model
+        return self.model
+
+    def wrap(self, model: nn.Module) -> None:
+        self.wrapped = model
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def dataset(self, cfg: Config) -> Dataset:
+        d = cfg.data
+        # one pace-1 clip per video at a uniform random start (temporal jittering); labels = action classes
+        return PaceClipDataset(load_split(cfg), pace_set=(1,), clip_len=d.clip_len, clips_per_video=1,
+                               height=d.height, width=d.width, seed=cfg.run.seed, epoch_size=d.epoch_size,
+                               decode_threads=d.decode_threads, cache_dir=d.cache_dir)
+
+    # same clip batches as pre-training: collate drops broken videos, sizes count videos and clips
+    collate = staticmethod(PretrainTask.collate)
+    batch_size = PretrainTask.batch_size
+
+    def step(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        frames, index_map = batch["frames"], batch["index_map"]  # [B, n, T, H, W, 3], [B, n, T]
+        n = frames.shape[1]
+        clips = augment_batch(frames.flatten(0, 1), index_map.flatten(0, 1), self.cfg, generator)
+        y = batch["label"].repeat_interleave(n)
+        logits = self.wrapped(clips).float()
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(1) == y).float().mean()
+        return loss, {"loss": float(loss.detach()), "acc": float(acc)}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    def backbone(self) -> nn.Module:
+        return self.model.backbone
+
+    def state_root(self) -> nn.Module:
+        return self.model
+
+
+def load_classifier(run_or_ckpt: str | Path) -> tuple[Classifier, Config]:
+    """The fine-tuned Classifier of a finetune run's latest checkpoint (weights_only)."""
+    ckpt = find_latest(run_or_ckpt)
+    state = load_state(ckpt)
+    cfg = load_config(data=state["config"])
+    from vpace.models import build_backbone
+
+    fc_w = state["model"]["fc.weight"]
+    model = Classifier(build_backbone(cfg.model.backbone), fc_w.shape[0])
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg
+
+
+@torch.no_grad()
+def test_classifier(
+    model: nn.Module, index: VideoIndex, spec: ClipSpec, *, batch_size: int = 4, num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """§4.1 test: softmax of each of the 10 center-cropped clips, averaged per video -> video/clip accuracy.
+    Unreadable videos are skipped and listed."""
+    probs, labels, ids = [], [], []
+    for batch in tqdm(clip_batches(index, spec, batch_size=batch_size, num_workers=num_workers),
+                      desc="test", unit="batch", disable=not progress):
+        if "video_id" not in batch:
+            continue
+        b, c = batch["frames"].shape[:2]
+        logits = model(center_clips(batch["frames"], batch["index_map"], spec)).float()
+        probs.append(torch.softmax(logits, 1).reshape(b, c, -1))
+        labels.append(batch["label"])
+        ids += batch["video_id"].tolist()
+    skipped = skipped_videos(index, ids)
+    if not probs:
+        raise ValueError(f"test split: none of the {len(index)} videos could be read")
+    out = clip_and_video_accuracy(torch.cat(probs), torch.cat(labels))
+    return {**out, "skipped": skipped}
+
+
+def finetune_config(
+    source: str | None, *, init: str | None, backbone: str | None, data: str | None, storage: str,
+    lr: float | None, epochs: int | None, overrides: Sequence[str],
+) -> Config:
+    """The pre-training run's config (same augmentation + schedule) with the fine-tune lr of §4.1.
+
+    ``source`` supplies the config, ``init`` the weights (None = random init). The run is named after a hash
+    of the config and the initial weights: re-running the same fine-tune resumes (or returns at once), while
+    any change of settings or checkpoint starts a fresh run next to the old ones."""
+    base: dict[str, Any] = {}
+    if source is not None:
+        m = load_model(source, backbone=backbone)
+        base = m.config.to_dict() if m.config is not None else {"model": {"backbone": m.backbone_name}}
+    elif backbone is not None:
+        base = {"model": {"backbone": backbone}}
+    cfg = load_config(data=base)
+    bb = cfg.model.backbone
+    patch: dict[str, Any] = {"model": {"weights": None}, "data": {"split": "train"},
+                             "optim": {"lr": lr or FINETUNE_LR.get(bb, DEFAULT_LR)},
+                             "run": {"name": "finetune", "storage": storage}}
+    if data:
+        patch["data"]["index"] = data
+    if epochs:
+        patch["optim"]["epochs"] = epochs
+        patch["optim"]["lr_step_epochs"] = min(cfg.optim.lr_step_epochs, epochs)
+    cfg = load_config(data={**base, **{k: {**base.get(k, {}), **v} for k, v in patch.items()}},
+                      overrides=list(overrides))
+    weights = load_model(init, backbone=bb).digest if init else f"random-{bb}-seed{cfg.run.seed}"
+    key = hashlib.sha256(f"{cfg.to_yaml()}|{weights}".encode()).hexdigest()[:8]
+    cfg.run.name = f"finetune-{'pretrained' if init else 'random'}-{key}"
+    return cfg
+
+
+def finetune(
+    checkpoint: str | None,
+    *,
+    data: str | None = None,
+    backbone: str | None = None,
+    lr: float | None = None,
+    epochs: int | None = None,
+    overrides: Sequence[str] = (),
+    baseline: str | None = None,
+    out_dir: str | None = None,
+    address: str | None = None,
+    dropout: float = 0.5,
+    test_batch_size: int = 4,
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """``vpace finetune``: fine-tune on Ray Train, test on the test split; ``baseline="random"`` also trains
+    the same recipe from random init. Writes ``<out>/finetune.{json,md}`` and returns the JSON.
+
+    Runs live in ``<out>/finetune-<model>-<hash of settings + weights>`` (see ``finetune_config``)."""
+    from vpace.train import run_task
+
+    if baseline not in (None, "random"):
+        raise ValueError(f"baseline must be None or 'random', got {baseline!r}")
+    out = eval_dir(checkpoint, out_dir).resolve()
+    sources = {"pretrained": checkpoint} if checkpoint else {}
+    if baseline == "random" or checkpoint is None:
+        sources["random"] = None
+    rows: list[dict[str, Any]] = []
+    for label, src in sources.items():
+        cfg = finetune_config(checkpoint, init=src, backbone=backbone, data=data, storage=str(out), lr=lr,
+                              epochs=epochs, overrides=overrides)
+        index = load_index(cfg.data.index, split_id=cfg.data.split_id)
+        result = run_task(FinetuneTask(src, len(index.classes), dropout), cfg, address)
+        model, _ = load_classifier(result.run_dir)
+        spec = ClipSpec.from_config(cfg)
+        test = test_classifier(model, index.split("test"), spec, batch_size=test_batch_size,
+                               num_workers=num_workers)
+        last = result.history.get("epochs", [{}])[-1] if result.history.get("epochs") else {}
+        rows.append({"model": label, "init": str(src) if src else "random", "backbone": cfg.model.backbone,
+                     "lr": cfg.optim.lr, "epochs": cfg.optim.epochs, "steps": result.metrics.get("step"),
+                     "train_acc": last.get("acc"), "run_dir": result.run_dir,
+                     "checkpoint": str(find_latest(result.run_dir)), **test})
+    res = {"protocol": "10 clips uniformly spaced, center crop, softmax averaged per video", "rows": rows}
+    cols = ("video_acc", "clip_acc", "train_acc")
+    table = markdown_table(["model", *cols], [[r["model"], *[pct(r.get(c)) for c in cols]] for r in rows])
+    write_result(out, "finetune", "Fine-tuning (accuracy %)", res, table, rows[0]["skipped"])
+    return res
+
+
+__all__ = ["Classifier", "FinetuneTask", "finetune", "knn_classify", "linear_probe", "load_classifier",
+           "test_classifier"]

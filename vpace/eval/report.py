@@ -1,0 +1,137 @@
+"""``vpace report RUN``: one markdown page per run from what the run and its evaluations left on disk.
+
+Sections: the config, loss/accuracy curves (PNG), the last epochs' metrics, retrieval / fine-tune / probe
+tables (pretrained vs random init, as written by the eval commands into ``<run>/eval``), the attention grid
+if present, and the benchmark rows that apply to this run (same machine and device, this backbone, newest
+measurement of each row). Sections with no data say how to produce it instead of disappearing.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vpace.eval.results import markdown_table, pct, read_result
+from vpace.eval.retrieval import format_table
+from vpace.train.checkpoint import find_latest, load_state, read_meta
+
+BENCH_KEY = ("kernel", "provider", "shape", "metric")
+
+
+def default_bench_dir() -> Path:
+    """``benchmarks/results`` of the working directory, else of the source checkout vpace runs from."""
+    here = Path("benchmarks/results")
+    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def applicable_benchmarks(bench_dir: Path, *, backbone: str, device: str, machine: str | None) -> list[dict]:
+    """Rows measured on this machine and device; rows naming a backbone only if it is this run's; newest
+    date wins per (file, kernel, provider, shape, metric)."""
+    from vpace.config import KNOWN_BACKBONES
+
+    others = [b for b in KNOWN_BACKBONES if b != backbone]
+    latest: dict[tuple, dict] = {}
+    for path in sorted(Path(bench_dir).glob("*.csv")):
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if machine is not None and row.get("machine") not in (None, "", machine):
+                    continue
+                if row.get("device", device) not in ("", device):
+                    continue
+                text = " ".join(str(row.get(k, "")) for k in BENCH_KEY)
+                names = set(text.replace(",", " ").replace("/", " ").split())
+                if names & set(others) and backbone not in names:
+                    continue
+                key = (path.stem, *(row.get(k, "") for k in BENCH_KEY))
+                if key not in latest or row.get("date", "") >= latest[key].get("date", ""):
+                    latest[key] = {"area": path.stem, **row}
+    return list(latest.values())
+
+
+def _this_machine() -> str | None:
+    try:
+        from benchmarks.common import machine
+    except ImportError:  # not running from a source checkout
+        return None
+    return machine()
+
+
+def _history_table(epochs: list[dict[str, Any]], last: int = 10) -> str:
+    if not epochs:
+        return "_no epoch finished yet_"
+    keys = [k for k in epochs[-1] if k not in ("world_size",)]
+    fmt = (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
+    return markdown_table(keys, [[fmt(r.get(k, "")) for k in keys] for r in epochs[-last:]])
+
+
+def _acc_section(res: dict[str, Any] | None, title: str, how: str, cols: tuple[str, ...]) -> list[str]:
+    out = [f"## {title}", ""]
+    if res is None:
+        return out + [f"_not run yet: `{how}`_", ""]
+    rows = [[r["model"], *[pct(r.get(c)) for c in cols]] for r in res["rows"]]
+    return out + [markdown_table(["model", *cols], rows), ""]
+
+
+def write_report(run_dir: str, *, bench_dir: str | None = None, out: str | None = None) -> Path:
+    """Write ``<run>/report.md`` (or ``out``) and return its path."""
+    run = Path(run_dir)
+    ckpt = find_latest(run)
+    state, meta = load_state(ckpt), read_meta(ckpt)
+    cfg: dict[str, Any] = state.get("config") or {}
+    history = (state.get("loop") or {}).get("history") or {}
+    report = Path(out) if out else run / "report.md"
+    rel = (lambda p: os.path.relpath(p, report.parent))
+    ev = run / "eval"
+
+    lines = [f"# Run report: {run.name}", "",
+             f"- checkpoint: `{ckpt}` (step {meta.get('step')}, epoch {meta.get('epoch')}, "
+             f"task {meta.get('task')})",
+             f"- method: {cfg.get('method')}, backbone: {meta.get('backbone')}, "
+             f"paces: {cfg.get('pace', {}).get('paces')}", "",
+             "## Config", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).rstrip(), "```", ""]
+
+    curves = run / "curves.png"
+    if not curves.is_file() and history:
+        from vpace.train.progress import plot_curves
+
+        plot_curves(history, curves)
+    lines += ["## Training curves", ""]
+    lines += [f"![loss and accuracy]({rel(curves)})" if curves.is_file() else "_no metrics logged_", ""]
+    lines += ["### Last epochs", "", _history_table(history.get("epochs", [])), ""]
+
+    ret = read_result(ev, "retrieval")
+    lines += ["## Retrieval (top-k %)", ""]
+    if ret is None:
+        lines += [f"_not run yet: `vpace retrieve {run} --baseline random`_", ""]
+    else:
+        lines += [f"{ret.get('protocol', '')}; {ret.get('num_test')} test queries, "
+                  f"{ret.get('num_train')} train videos", "", format_table(ret["rows"], ret["ks"]), ""]
+    lines += _acc_section(read_result(ev, "finetune"), "Fine-tuning (accuracy %)",
+                          f"vpace finetune {run} --baseline random", ("video_acc", "clip_acc"))
+    lines += _acc_section(read_result(ev, "linear_probe"), "Linear probe, frozen backbone (accuracy %)",
+                          f"vpace finetune {run} --linear-probe --baseline random", ("video_acc", "clip_acc"))
+    lines += _acc_section(read_result(ev, "knn"), "kNN on frozen features (accuracy %)",
+                          f"vpace finetune {run} --knn --baseline random", ("video_acc", "clip_acc"))
+    if (ev / "attention.png").is_file():
+        lines += ["## Attention (conv5, last frame; rows = videos, columns = paces)", "",
+                  f"![attention]({rel(ev / 'attention.png')})", ""]
+
+    bdir = Path(bench_dir) if bench_dir else default_bench_dir()
+    device = "cuda" if cfg.get("scale", {}).get("use_gpu") else "cpu"
+    rows = applicable_benchmarks(bdir, backbone=str(meta.get("backbone")), device=device,
+                                 machine=_this_machine()) if bdir.is_dir() else []
+    lines += ["## Benchmarks (this machine and device)", ""]
+    if rows:
+        head = ["area", "kernel", "provider", "shape", "metric", "value", "date"]
+        lines += [markdown_table(head, [[r.get(k, "") for k in head] for r in rows]), ""]
+    else:
+        lines += [f"_no applicable rows in {bdir} (run `make bench`)_", ""]
+
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(lines))
+    print(f"wrote {report}")
+    return report

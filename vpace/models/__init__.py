@@ -1,0 +1,51 @@
+"""Video backbones behind one contract (docs/ARCHITECTURE.md, "Models").
+
+``build_backbone(name, **kw)`` returns a :class:`~vpace.models.common.Backbone`: ``.feature_dim``,
+``forward(x [B, 3, T, H, W]) -> [B, feature_dim]`` and ``forward_features(x) -> {"p4", "p5", "conv5"}``.
+Heads live outside (see vpace.objectives).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from .c3d import C3D
+from .common import Backbone, load_weights
+from .resnet3d import ResNet3D, r3d, r21d, r21d_tiny
+from .s3d_g import S3DG
+from .torchvision_wrappers import TorchvisionBackbone
+
+_FACTORIES: dict[str, Callable[..., Backbone]] = {
+    "c3d": C3D,
+    "r3d": r3d,
+    "r21d": r21d,
+    "s3d_g": S3DG,
+    "r21d_tiny": r21d_tiny,
+    "tv_r3d_18": partial(TorchvisionBackbone, "r3d_18"),
+    "tv_r2plus1d_18": partial(TorchvisionBackbone, "r2plus1d_18"),
+    "tv_s3d": partial(TorchvisionBackbone, "s3d"),
+}
+
+BACKBONES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def build_backbone(name: str, weights_path: str | Path | None = None, **kw) -> Backbone:
+    """Build backbone ``name``; ``weights_path`` loads a local state dict (never downloads).
+
+    Extra keywords go to the family's constructor (e.g. ``widths=`` for ``r21d_tiny``, ``gating=`` for
+    ``s3d_g``). For our own families the reference repos' head keys (``linear.``/``fc.``) are dropped, so
+    VCOP / video-pace checkpoints load; torchvision wrappers take torchvision's own checkpoints.
+    """
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
+    if name.startswith("tv_"):
+        return _FACTORIES[name](weights_path=weights_path, **kw)
+    model = _FACTORIES[name](**kw)
+    if weights_path is not None:
+        load_weights(model, weights_path, drop_prefixes=model.head_prefixes)
+    return model
+
+
+__all__ = ["BACKBONES", "Backbone", "C3D", "ResNet3D", "S3DG", "TorchvisionBackbone", "build_backbone"]

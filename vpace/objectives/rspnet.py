@@ -1,0 +1,127 @@
+"""RSPNet (Chen et al., AAAI 2021): relative speed perception (RSP) + appearance-focused video instance
+discrimination (A-VID), following the official code (PeihaoChen/RSPNet, `MoCoDiffLossTwoFc` + `Loss`).
+
+Per video: query q and positive key k_pos at the same speed, k_neg at a different speed (distinct starts).
+- RSP on the motion head: `max(0, margin - (s(q, k_pos) - s(q, k_neg)))`, s = cosine similarity of the
+  L2-normalised motion embeddings, margin `rspnet.margin` (default 0.15). The official code feeds `cos / tau`
+  to `MarginRankingLoss(margin=2.0)`: the same ranking with margin 2.0 * 0.07 = 0.14 in cosine units and a
+  1/tau (~14x) larger loss and gradient, which `weight_m` can absorb. (The seed text is the abstract only.)
+- A-VID on the appearance head: InfoNCE with the momentum key encoder's keys; both k_pos and k_neg (same
+  video, either speed) are positives, each in its own softmax against the queue negatives; the two
+  cross-entropies are summed (official `ce1 + ce2`).
+- Keys (both heads) come from the momentum encoder, a deep copy of backbone + both heads that the optimizer
+  never sees; after each optimizer step it is EMA-updated and the k_neg appearance keys of all workers are
+  enqueued (official: `_dequeue_and_enqueue(k_neg_A)`).
+Loss = weight_a * L_avid + weight_m * L_rsp.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vpace.config import RSPNetConfig
+from vpace.objectives.base import Objective, check_batch, metrics_to_floats
+from vpace.objectives.heads import TwoHeadEncoder
+from vpace.objectives.queue import KeyQueue
+
+ROLES = ("q", "k_pos", "k_neg")  # clip order within each video's group of 3
+
+
+def rsp_loss(q_m: Tensor, kpos_m: Tensor, kneg_m: Tensor, margin: float) -> tuple[Tensor, Tensor]:
+    """Margin ranking on cosine similarities of unit vectors; returns (loss, fraction ranked correctly)."""
+    s_pos = (q_m * kpos_m).sum(1)
+    s_neg = (q_m * kneg_m).sum(1)
+    return F.relu(margin - (s_pos - s_neg)).mean(), (s_pos > s_neg).float().mean()
+
+
+def avid_loss(q_a: Tensor, kpos_a: Tensor, kneg_a: Tensor, queue: Tensor,
+              tau: float) -> tuple[Tensor, Tensor]:
+    """Sum over the two positives of InfoNCE [pos | queue negatives] / tau; returns (loss, top-1 accuracy)."""
+    l_neg = q_a @ queue.t()
+    loss, acc = q_a.new_zeros(()), q_a.new_zeros(())
+    for k in (kpos_a, kneg_a):
+        logits = torch.cat([(q_a * k).sum(1, keepdim=True), l_neg], dim=1) / tau
+        loss = loss + F.cross_entropy(logits, logits.new_zeros(logits.shape[0], dtype=torch.long))
+        acc = acc + (logits.argmax(1) == 0).float().mean() / 2
+    return loss, acc
+
+
+class RSPNet(nn.Module):
+    """Container: query encoder (trainable), momentum key encoder (frozen copy) and the key queue."""
+
+    def __init__(self, backbone: nn.Module, dim: int = 128, queue_size: int = 16384, momentum: float = 0.999,
+                 head: str = "linear") -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.encoder_q = TwoHeadEncoder(backbone, dim, head)
+        self.encoder_k = copy.deepcopy(self.encoder_q).requires_grad_(False)
+        self.queue = KeyQueue(queue_size, dim)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """theta_k <- m * theta_k + (1 - m) * theta_q on parameters (BN statistics stay the key encoder's)."""
+        ks = list(self.encoder_k.parameters())
+        qs = [p.detach() for p in self.encoder_q.parameters()]
+        torch._foreach_mul_(ks, self.momentum)
+        torch._foreach_add_(ks, torch._foreach_mul(qs, 1.0 - self.momentum))  # no fma: bit-exact formula
+
+    @torch.no_grad()
+    def keys(self, clips: Tensor) -> dict[str, Tensor]:
+        return self.encoder_k(clips)
+
+
+def rspnet_objective(q: dict[str, Tensor], k_pos: dict[str, Tensor], k_neg: dict[str, Tensor], queue: Tensor,
+                     cfg: RSPNetConfig) -> tuple[Tensor, dict[str, float]]:
+    """A * L_avid + M * L_rsp on normalised embeddings {"a", "m"}; metrics loss, loss_avid, loss_rsp, accs."""
+    # a switched-off term still touches its head (times 0) so DDP sees a gradient for every parameter
+    off_m, off_a = q["m"].sum() * 0.0, q["a"].sum() * 0.0
+    loss_rsp, rsp_acc = (rsp_loss(q["m"], k_pos["m"], k_neg["m"], cfg.margin) if cfg.weight_m > 0
+                         else (off_m, off_m.detach()))
+    loss_avid, avid_acc = (avid_loss(q["a"], k_pos["a"], k_neg["a"], queue, cfg.tau) if cfg.weight_a > 0
+                           else (off_a, off_a.detach()))
+    loss = cfg.weight_a * loss_avid + cfg.weight_m * loss_rsp
+    return loss, metrics_to_floats({"loss": loss, "loss_avid": loss_avid, "loss_rsp": loss_rsp,
+                                    "avid_acc": avid_acc, "rsp_acc": rsp_acc})
+
+
+class RSPNetObjective(Objective):
+    """Method `rspnet`. Batch: 3 clips per video in the order (q, k_pos, k_neg) — see `vpace.data.rsp`."""
+
+    method = "rspnet"
+    clips_per_video = 3
+
+    def __init__(self, backbone: nn.Module, cfg: RSPNetConfig, head: str = "linear") -> None:
+        self.net = RSPNet(backbone, cfg.dim, cfg.queue_size, cfg.momentum, head)
+        super().__init__(self.net.encoder_q, backbone)
+        self.cfg = cfg
+        self._pending: list[Tensor] = []  # keys to enqueue after the optimizer step
+
+    def modules(self) -> nn.Module:
+        return self.net
+
+    def step(self, clips: Tensor, meta: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        b = check_batch(clips, meta, 3, self.method)
+        vid, speed = meta["video_id"].view(b, 3), meta["pace_label"].view(b, 3)
+        if not bool((vid == vid[:, :1]).all()):
+            raise ValueError("rspnet: meta['video_id'] must be equal within each (q, k_pos, k_neg) triple")
+        if not bool(((speed[:, 0] == speed[:, 1]) & (speed[:, 0] != speed[:, 2])).all()):
+            raise ValueError("rspnet: meta['pace_label'] (speed) must satisfy q == k_pos != k_neg per triple")
+        groups = clips.view(b, 3, *clips.shape[1:])
+        q = self.model(groups[:, 0])
+        k_pos, k_neg = self.net.keys(groups[:, 1]), self.net.keys(groups[:, 2])  # separate BN batches
+        if self.net.training and torch.is_grad_enabled():  # evaluation steps leave the queue alone
+            self._pending.append(k_neg["a"].detach())
+        return rspnet_objective(q, k_pos, k_neg, self.net.queue.negatives(), self.cfg)
+
+    def after_optimizer_step(self) -> None:
+        """EMA of the key encoder, then enqueue this step's keys of all workers (a collective under DDP:
+        every worker calls it, with or without keys)."""
+        self.net.momentum_update()
+        queue = self.net.queue
+        pending = torch.cat(self._pending) if self._pending else queue.keys.new_zeros((0, queue.dim))
+        queue.enqueue(pending)
+        self._pending.clear()

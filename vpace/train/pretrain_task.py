@@ -1,0 +1,120 @@
+"""Pre-training as a `Task`: pace clips -> fused augmentation on the model's device -> the objective."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from vpace.config import Config, ConfigError
+from vpace.train.task import Task
+
+
+def load_split(cfg: Config):
+    """The configured split of the data index; errors name `data.index` / `data.split`."""
+    from vpace.data import load_index
+
+    try:
+        index = load_index(cfg.data.index, split_id=cfg.data.split_id)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError("data.index", str(e)) from None
+    try:
+        return index.split(cfg.data.split)
+    except ValueError as e:
+        raise ConfigError("data.split", str(e)) from None
+
+
+def augment_batch(frames: Tensor, index_map: Tensor, cfg: Config, generator: torch.Generator) -> Tensor:
+    """uint8 [N, T, H, W, 3] unique frames + [N, T] maps -> normalised jittered clips [N, 3, T, c, c], on the
+    frames' device (the fused op: Triton on GPU, fused torch on CPU)."""
+    from vpace.augment import augment, sample_params
+
+    n, _, h, w, _ = frames.shape
+    params = sample_params(n, index_map.shape[1], h, w, cfg.augment, generator=generator)
+    return augment(frames, index_map, params, cfg.augment.mean, cfg.augment.std, out_dtype=torch.float32)
+
+
+class PretrainTask(Task):
+    """Self-supervised pre-training with `cfg.method` (pace | pace_ctr | rspnet)."""
+
+    name = "pretrain"
+
+    def check(self, cfg: Config) -> None:
+        split = load_split(cfg)
+        if cfg.method == "rspnet":
+            from vpace.data import rsp  # noqa: F401  (fails early if the RSP sampler is missing)
+        if len(split) == 0:  # pragma: no cover - load_index refuses empty indexes
+            raise ConfigError("data.index", "no videos")
+
+    def setup(self, cfg: Config, device: torch.device) -> nn.Module:
+        from vpace.models import build_backbone
+        from vpace.objectives import build_objective
+
+        self.cfg = cfg
+        backbone = build_backbone(cfg.model.backbone, weights_path=cfg.model.weights)
+        self.obj = build_objective(cfg, backbone).to(device)
+        if cfg.model.channels_last:
+            self.obj.modules().to(memory_format=torch.channels_last_3d)
+        self.obj.train()
+        return self.obj.model
+
+    def wrap(self, model: nn.Module) -> None:
+        self.obj.model = model
+
+    def parameters(self) -> list[nn.Parameter]:
+        return self.obj.parameters()
+
+    def dataset(self, cfg: Config) -> Dataset:
+        split = load_split(cfg)
+        d = cfg.data
+        if cfg.method == "rspnet":
+            from vpace.data.rsp import RSPClipDataset
+
+            return RSPClipDataset(split, speeds=cfg.rspnet.speeds, clip_len=d.clip_len, height=d.height,
+                                  width=d.width, seed=cfg.run.seed, epoch_size=d.epoch_size,
+                                  decode_threads=d.decode_threads, cache_dir=d.cache_dir)
+        from vpace.data import PaceClipDataset
+
+        return PaceClipDataset(split, pace_set=cfg.pace.paces, clip_len=d.clip_len,
+                               clips_per_video=d.clips_per_video, height=d.height, width=d.width,
+                               seed=cfg.run.seed, epoch_size=d.epoch_size, decode_threads=d.decode_threads,
+                               cache_dir=d.cache_dir)
+
+    @staticmethod
+    def collate(items: list[Any]) -> dict[str, Any]:
+        from vpace.data import collate_clips
+
+        return collate_clips(items)
+
+    def batch_size(self, batch: dict[str, Any]) -> tuple[int, int]:
+        if "frames" not in batch:
+            return 0, 0
+        b, n = batch["frames"].shape[:2]
+        return int(b), int(b * n)
+
+    def step(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        frames, index_map = batch["frames"], batch["index_map"]  # [B, n, T, H, W, 3], [B, n, T]
+        b, n = frames.shape[:2]
+        clips = augment_batch(frames.flatten(0, 1), index_map.flatten(0, 1), self.cfg, generator)
+        if self.cfg.model.channels_last:
+            clips = clips.contiguous(memory_format=torch.channels_last_3d)
+        meta = {"pace_label": batch["pace_label"].reshape(b * n),
+                "video_id": batch["video_id"].repeat_interleave(n)}
+        return self.obj.step(clips, meta)
+
+    def after_optimizer_step(self) -> None:
+        self.obj.after_optimizer_step()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.obj.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.obj.load_state_dict(state)
+
+    def backbone(self) -> nn.Module:
+        return self.obj.backbone
+
+    def state_root(self) -> nn.Module:
+        return self.obj.modules()
