@@ -15,9 +15,9 @@ Bytes moved per clip (T output frames of h x w, F unique decoded frames, o = out
   * floor (any implementation): read the unique frames' crops once + write the output = 3*h*w*(F + T*o).
   * Triton kernel: 3*h*w*(T + T*o) from DRAM: each output frame's crop is read by its own program (a slow-pace
     repeat is read again, usually from L2), pass 1 (gray mean) re-reads the same 3*h*w bytes from L1/L2.
-  * fused CPU: 3*H*W*F... no: the gather reads 3*h*w*T bytes and writes them planar (3*h*w*T), the compiled
-    passes read them twice and write 3*h*w*T*o -> 3*h*w*T*(3 + o), plus per-chunk float temporaries that
-    inductor keeps in cache.
+  * fused CPU: the gather reads the T crops and writes them interleaved then planar (4 * 3*h*w*T uint8), the
+    two compiled passes read them (2 * 3*h*w*T) and write the output -> 3*h*w*T*(6 + o); inductor's float
+    temporaries stay within ~2-clip chunks (cache-sized).
   * eager reference: measured, not estimated - every aten op's tensor inputs + outputs are summed by a
     TorchDispatchMode over one clip (views count 0, in-place ops count their operands).
 """
@@ -48,7 +48,7 @@ def _inputs(device: str = "cpu", batch: int = B):
 
 
 def _timed(fn, threads: int | None = None, repeat: int = 1) -> tuple[float, float]:
-    """(best wall s, best process CPU s) over ``repeat`` calls; ``threads`` temporarily sets intra-op threads."""
+    """(best wall s, best process CPU s) of ``repeat`` calls; ``threads`` sets intra-op threads."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads or saved)
     walls, cpus = [], []
@@ -153,7 +153,8 @@ def _aot_rows() -> list[dict]:
         shape = f"BLOCK={cfg['BLOCK']} warps={cfg['num_warps']} out={str(dt).replace('torch.', '')}"
         for metric, value in (("registers", res.registers), ("spill_bytes", res.spill_bytes),
                               ("shared_bytes", res.shared)):
-            rows.append(_row("triton_aot", metric, value, shape=shape, device=f"sm_{res.arch} (ptxas, no GPU)"))
+            rows.append(_row("triton_aot", metric, value, shape=shape,
+                             device=f"sm_{res.arch} (ptxas, no GPU)"))
     return rows
 
 
@@ -164,7 +165,7 @@ def _bytes_rows() -> list[dict]:
     for tag, o in (("fp32", 4), ("bf16", 2)):
         rows += [_row(f"floor_{tag}", "bytes_per_clip", px * (F + T * o), shape=shape),
                  _row(f"triton_{tag}", "bytes_per_clip", px * T * (1 + o), shape=shape),
-                 _row(f"fused_cpu_{tag}", "bytes_per_clip", px * T * (3 + o), shape=shape)]
+                 _row(f"fused_cpu_{tag}", "bytes_per_clip", px * T * (6 + o), shape=shape)]
     return rows
 
 
@@ -174,7 +175,7 @@ def measure(quick: bool = False) -> list[dict]:
 
 
 def print_table(rows: list[dict] | None = None, quick: bool = True) -> None:
-    """Print the benchmark as an aligned table (``vpace bench kernels``); measures first if ``rows`` is None."""
+    """Print rows as an aligned table (for ``vpace bench kernels``); measures first if ``rows`` is None."""
     rows = measure(quick) if rows is None else rows
     cols = ("provider", "shape", "metric", "value", "device")
     table = [cols] + [tuple(str(r.get(c, "cpu")) for c in cols) for r in rows]

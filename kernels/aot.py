@@ -141,6 +141,9 @@ def aot_compile(fn, signature: dict[str, str], constexprs: dict[str, Any], *, ar
 
 def _child_main(job_path: str) -> None:
     """Entry point of the child process: compile the jobs pickled at ``job_path``."""
+    import triton
+
+    triton.knobs.runtime.interpret = False  # even if the kernel's module sets TRITON_INTERPRET on import
     with open(job_path, "rb") as f:
         spec = pickle.load(f)
     obj: Any = importlib.import_module(spec["module"])

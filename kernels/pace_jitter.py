@@ -1,31 +1,27 @@
-"""Fused pace gather + crop + flip + per-frame color jitter + normalize (Liger style: kernel, CPU path, reference).
+"""Fused pace gather + crop + flip + per-frame color jitter + normalize (Liger style).
 
-The pace paper jitters every frame independently. Done eagerly that is a Python loop over B*T frames with four
-full float passes each (hue's RGB->HSV->RGB dominates); fused, each output pixel is produced in one go.
+The pace paper jitters every frame independently; eagerly that is a Python loop over B*T frames with a dozen
+full float passes each (hue's RGB->HSV->RGB dominates). Here every output pixel is produced in one go.
 
 Layouts: ``frames`` uint8 ``[B, F, H, W, 3]`` (the F unique decoded frames of each clip), ``index_map`` int
 ``[B, T]`` into F (slow paces repeat a frame without decoding it twice), output ``[B, 3, T, h, w]``
 (channels-first for a 3D CNN) in fp32 / bf16 / fp16. Per-frame random parameters arrive as small tensors
-(:class:`JitterParams`); nothing here holds RNG state, so every implementation is comparable on the same record.
+(:class:`JitterParams`); nothing here holds RNG state, so all implementations replay the same record.
 
-Semantics are torchvision's (``transforms.v2.functional`` on float images in 0..1): crop, flip, then - if the
-frame's ``apply`` flag is set - brightness / contrast / saturation / hue in that frame's ``order``, each clamped
-as torchvision clamps, then ``(x - mean) / std``. Contrast blends with the mean gray level of the *current*
-(cropped, already partly jittered) frame, so the fused versions compute that mean over the frame first.
+Semantics are torchvision's (``transforms.v2.functional`` on float images in 0..1): crop, flip, then - if
+the frame's ``apply`` flag is set - brightness / contrast / saturation / hue in that frame's ``order``, each
+clamped as torchvision clamps, then ``(x - mean) / std``. Contrast blends with the mean gray level of the
+*current* (cropped, partly jittered) frame, so the fused versions compute that mean in a first pass.
 
-Three implementations of the same contract:
+Three implementations of one contract:
   * ``pace_jitter_reference``: frame by frame with torchvision - the ground truth.
-  * ``_pace_jitter_kernel``: one Triton launch, a program per output frame (b, t): pass 1 over the frame for the
-    gray mean before contrast, pass 2 applies everything and stores. Used for CUDA tensors, and for CPU tensors
-    when ``TRITON_INTERPRET=1`` (tests).
-  * ``kernels.pace_jitter_cpu.pace_jitter_cpu``: all B*T frames at once in torch (the fast CPU path).
+  * ``_pace_jitter_kernel``: one Triton launch, a program per output frame (b, t): pass 1 over the frame for
+    the gray mean before contrast, pass 2 applies everything and stores. CUDA tensors, and CPU tensors under
+    ``TRITON_INTERPRET=1`` (tests).
+  * ``pace_jitter_cpu``: all frames at once in torch, ``torch.compile``'d (the CPU path).
 
 No autograd: this is input preprocessing of uint8 video, there is nothing upstream to differentiate.
-
-Bytes moved per output frame (P = h*w pixels, o = output element size 4|2):
-  fused kernel: 3P (uint8 read of the crop; pass 1 re-reads it from L2/L1) + 3*o*P write -> 15P fp32, 9P bf16.
-  eager reference: uint8 read 3P, float convert 12P+12P, crop/flip copies 2*24P, each of ~4 jitter ops reads
-  and writes 24P (hue ~ 20 intermediate 12P-passes), normalize 24P, output copy 12P+3*o*P -> ~O(400P).
+Bytes moved per version: see ``benchmarks/kernels_jitter.py``.
 """
 
 from __future__ import annotations
@@ -105,18 +101,20 @@ def validate(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams
         t = getattr(params, name)
         ok_dtype = t.dtype == dtype if dtype is not None else t.dtype in (torch.int32, torch.int64)
         if tuple(t.shape) != shape or not ok_dtype:
-            raise ValueError(f"params.{name}: expected {dtype or 'int32'} {shape}, got {t.dtype} {tuple(t.shape)}")
+            raise ValueError(f"params.{name}: expected {dtype or 'int32'} {shape}, "
+                             f"got {t.dtype} {tuple(t.shape)}")
     y0, x0 = params.crop_yx[:, 0], params.crop_yx[:, 1]
     if B and (int(y0.min()) < 0 or int(x0.min()) < 0 or int(y0.max()) + h > H or int(x0.max()) + w > W):
-        raise ValueError(f"params.crop_yx: crop boxes of {h}x{w} must lie inside the {H}x{W} frames, got "
-                         f"top in [{int(y0.min())}, {int(y0.max())}], left in [{int(x0.min())}, {int(x0.max())}]")
+        raise ValueError(f"params.crop_yx: crop boxes of {h}x{w} must lie inside the {H}x{W} frames, got top "
+                         f"in [{int(y0.min())}, {int(y0.max())}], left in [{int(x0.min())}, {int(x0.max())}]")
     if params.order.numel():
         ref = torch.arange(4, device=params.order.device, dtype=params.order.dtype)
         if not bool((params.order.sort(dim=-1).values == ref).all()):
             raise ValueError("params.order: every [b, t] row must be a permutation of 0..3")
         f = params.factors
-        if not bool(torch.isfinite(f).all()) or bool((f[..., :3] < 0).any()) or bool((f[..., 3].abs() > 0.5).any()):
-            raise ValueError("params.factors: brightness/contrast/saturation must be >= 0 and hue in [-0.5, 0.5]")
+        bad = (~torch.isfinite(f)).any() | (f[..., :3] < 0).any() | (f[..., 3].abs() > 0.5).any()
+        if bool(bad):
+            raise ValueError("params.factors: brightness/contrast/saturation must be >= 0, hue in [-.5, .5]")
     mean = (0.0, 0.0, 0.0) if mean is None else mean
     std = (1.0, 1.0, 1.0) if std is None else std
     mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten().to(frames.device)
@@ -408,11 +406,11 @@ def _cpu_coefficients(params: JitterParams) -> tuple[torch.Tensor, ...]:
 
 
 def _cpu_gather(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams) -> torch.Tensor:
-    """Pace gather + crop + flip of the uint8 frames into the output's layout [B, 3, T, h*w] (bytes, not floats)."""
+    """Pace gather + crop + flip of the uint8 frames into the output's layout [B, 3, T, h*w] (bytes)."""
     B, T = index_map.shape
     h, w = params.crop_hw
     out = torch.empty(B, T, h, w, 3, dtype=torch.uint8)
-    for b, ((y0, x0), flip) in enumerate(zip(params.crop_yx.tolist(), params.flip.tolist())):
+    for b, ((y0, x0), flip) in enumerate(zip(params.crop_yx.tolist(), params.flip.tolist(), strict=True)):
         crop = frames[b, :, y0:y0 + h, x0:x0 + w]
         torch.index_select(crop.flip(2) if flip else crop, 0, index_map[b], out=out[b])
     return out.permute(0, 4, 1, 2, 3).contiguous().view(B, 3, T, h * w)
@@ -437,10 +435,11 @@ def _chunks(B: int, T: int, frames_per_chunk: int = 32) -> list[slice]:
     starts = list(range(0, B, k))
     if len(starts) > 1 and B - starts[-1] == 1:
         starts.pop()
-    return [slice(a, b) for a, b in zip(starts, starts[1:] + [B])]
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [B], strict=True)]
 
 
-def pace_jitter_cpu(frames, index_map, params, mean_t, std_t, out_dtype, *, compiled: bool = True) -> torch.Tensor:
+def pace_jitter_cpu(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams, mean_t: torch.Tensor,
+                    std_t: torch.Tensor, out_dtype: torch.dtype, *, compiled: bool = True) -> torch.Tensor:
     """Fast CPU path (arguments already validated). ``compiled=False`` runs the same code eagerly.
 
     Measured on 30 clips x 16 frames x 112x112 (benchmarks/kernels_jitter.py): the compiled chain is several
@@ -471,8 +470,9 @@ def pace_jitter_cpu(frames, index_map, params, mean_t, std_t, out_dtype, *, comp
 
 
 def _interpreted() -> bool:
-    """True when the kernel object was built by Triton's interpreter (TRITON_INTERPRET set at import)."""
-    return not isinstance(_pace_jitter_kernel, triton.runtime.JITFunction)
+    """True when the kernel can run in Triton's interpreter: TRITON_INTERPRET was set before *triton* was
+    first imported (triton.language's own @jit helpers such as tl.sum are decorated at that import)."""
+    return not any(isinstance(f, triton.runtime.JITFunction) for f in (_pace_jitter_kernel, tl.sum, tl.zeros))
 
 
 BACKENDS = ("triton", "cpu", "cpu_eager")
@@ -482,8 +482,8 @@ def pace_jitter(frames: torch.Tensor, index_map: torch.Tensor, params: JitterPar
                 out_dtype: torch.dtype = torch.float32, *, backend: str | None = None) -> torch.Tensor:
     """uint8 ``[B, F, H, W, 3]`` frames -> normalized, jittered clip ``[B, 3, T, h, w]`` of ``out_dtype``.
 
-    ``backend=None`` picks: CUDA tensors -> the Triton kernel; CPU tensors -> the fused CPU path, or the Triton
-    kernel itself when Triton's interpreter is active (``TRITON_INTERPRET=1`` before import; slow, for tests).
+    ``backend=None`` picks: CUDA tensors -> the Triton kernel; CPU tensors -> the fused CPU path, or the
+    Triton kernel itself when Triton's interpreter is active (``TRITON_INTERPRET=1`` before import; slow).
     ``mean``/``std`` default to 0 / 1 (no normalization). Input preprocessing: no autograd.
     """
     if backend is not None and backend not in BACKENDS:
@@ -519,5 +519,5 @@ def aot_compile_configs(archs=(80, 90), out_dtypes=_OUT_DTYPES) -> list[tuple[di
                  num_warps=cfg["num_warps"]) for cfg in KERNEL_CONFIGS for dt in out_dtypes for arch in archs]
     results = aot_compile_many(_pace_jitter_kernel, jobs)
     keys = [(cfg, dt) for cfg in KERNEL_CONFIGS for dt in out_dtypes for _ in archs]
-    return [(cfg, dt, res) for (cfg, dt), res in zip(keys, results)]
+    return [(cfg, dt, res) for (cfg, dt), res in zip(keys, results, strict=True)]
 

@@ -1,10 +1,17 @@
 """AOT compilation for real GPUs without a GPU: PTX + cubin come back, ptxas -v is parsed."""
 
-import pytest
-import triton
-import triton.language as tl
+import os
 
-from kernels.aot import AotResult, aot_compile
+# Like the kernel tests: the first import of triton in a pytest session decides whether triton.language's own
+# @jit helpers can run in the interpreter, so set it before importing triton (aot_compile then compiles in a
+# child process without it).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from kernels.aot import AotResult, aot_compile  # noqa: E402
 
 
 @triton.jit

@@ -57,8 +57,8 @@ def test_per_frame_vs_per_clip():
 def test_zero_strength_disables_an_op_and_config_object_is_accepted():
     p = _draw(B=20, brightness=0.0, hue=0.0)
     assert (p.factors[..., 0] == 1).all() and (p.factors[..., 3] == 0).all()
-    cfg = AugmentConfig(crop=64, flip_p=0.0, jitter_p=1.0, brightness=0.1, contrast=0.2, saturation=0.3, hue=0.1,
-                        per_frame=False)
+    cfg = AugmentConfig(crop=64, flip_p=0.0, jitter_p=1.0, brightness=0.1, contrast=0.2, saturation=0.3,
+                        hue=0.1, per_frame=False)
     a = sample_params(6, 4, 80, 90, cfg, generator=torch.Generator().manual_seed(3))
     b = _draw(seed=3, B=6, T=4, H=80, W=90, crop=64, flip_p=0.0, jitter_p=1.0, brightness=0.1, contrast=0.2,
               saturation=0.3, hue=0.1, per_frame=False)

@@ -123,16 +123,13 @@ def _render(label: int, i: int, frames: int, h: int, w: int, factor: float = 1.0
 
 
 def _vertical_speed(v: np.ndarray, lag: int = 6, smax: int = 16) -> float:
-    """Median vertical shift (px/frame) mapping the foreground of frame t onto frame t+lag."""
+    """Median over frames of the vertical shift (px/frame) that best maps frame t onto frame t+lag."""
     v = v.astype(np.float32)
-    bg = np.median(v, 0)
+    inner = np.zeros(v.shape[1:3], bool)
+    inner[smax:-smax] = True
+    ys, xs = np.nonzero(inner)
     est = []
     for t in range(0, len(v) - lag, 3):
-        fg = np.abs(v[t] - bg).sum(-1) > 30
-        fg[:smax] = fg[-smax:] = False
-        ys, xs = np.nonzero(fg)
-        if len(ys) < 20:
-            continue
         err = np.array([np.abs(v[t + lag][ys + s, xs] - v[t][ys, xs]).mean() for s in range(-smax, smax + 1)])
         i = int(np.argmin(err))
         off = 0.0

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,16 +158,24 @@ def _footprint(exp: Path, trial: str) -> tuple[int, list[str]]:
     return len(results), sorted(p.name for p in (exp / "train" / trial).glob("checkpoint_*"))
 
 
+@pytest.fixture
+def ray_tmpdir():
+    """A short RAY_TMPDIR (Ray's socket paths are limited), removed afterwards."""
+    path = tempfile.mkdtemp(prefix="vptune")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_smoke_search_asha_best_config_and_resume_after_killed_driver(tmp_path):
+def test_smoke_search_asha_best_config_and_resume_after_killed_driver(tmp_path, ray_tmpdir):
     from vpace.data.synthetic import make_synthetic
 
     data, storage = tmp_path / "data", tmp_path / "runs"
     make_synthetic(data, num_videos=60, seed=0, height=48, width=64, min_seconds=2, max_seconds=3,
                    progress=False)
     env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "PYTHONUNBUFFERED": "1",
-           "RAY_TMPDIR": tempfile.mkdtemp(prefix="vptune")}  # short: Ray's socket paths are limited
+           "RAY_TMPDIR": ray_tmpdir}
     cmd = [sys.executable, "-c", DRIVER, str(SMOKE), f"data.index={data}", f"run.storage={storage}"]
     settings = load_spec(SMOKE).tune
     exp, metric, n = storage / "tune" / "smoke", settings.metric, settings.num_samples

@@ -1,11 +1,11 @@
 """Seeded sampling of the augmentation parameter record for the fused pace/jitter op (paper §3.1).
 
-Per clip: a random crop (same box for every frame) and a horizontal flip with probability ``flip_p``; per output
-frame, independently: ``RandomApply(ColorJitter(brightness, contrast, saturation, hue), p=jitter_p)`` with
-torchvision's sampling (factors uniform in ``[max(0, 1 - x), 1 + x]``, hue in ``[-h, h]``, a random op order per
-frame). ``per_frame=False`` draws one jitter per clip instead (the paper's ablation). The record is then applied
-by :func:`kernels.pace_jitter.pace_jitter` (Triton on GPU, fused torch on CPU), so the same draw can be replayed
-through the eager torchvision reference.
+Per clip: a random crop (same box for every frame) and a horizontal flip with probability ``flip_p``; per
+output frame, independently: ``RandomApply(ColorJitter(brightness, contrast, saturation, hue), p=jitter_p)``
+with torchvision's sampling (factors uniform in ``[max(0, 1 - x), 1 + x]``, hue in ``[-h, h]``, a random op
+order per frame). ``per_frame=False`` draws one jitter per clip (the paper's ablation). The record is applied
+by :func:`kernels.pace_jitter.pace_jitter` (Triton on GPU, fused torch on CPU), so the same draw can be
+replayed through the eager torchvision reference.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def _uniform(shape: tuple[int, ...], lo: float, hi: float, generator) -> torch.T
     return torch.rand(shape, generator=generator) * (hi - lo) + lo
 
 
-def sample_params(batch: int, num_frames_out: int, height: int, width: int, cfg: Any = None, *, crop: int = 112,
-                  flip_p: float = 0.5, jitter_p: float = 0.8, brightness: float = 0.8, contrast: float = 0.8,
-                  saturation: float = 0.8, hue: float = 0.2, per_frame: bool = True,
+def sample_params(batch: int, num_frames_out: int, height: int, width: int, cfg: Any = None, *,
+                  crop: int = 112, flip_p: float = 0.5, jitter_p: float = 0.8, brightness: float = 0.8,
+                  contrast: float = 0.8, saturation: float = 0.8, hue: float = 0.2, per_frame: bool = True,
                   generator: torch.Generator | None = None) -> JitterParams:
     """Draw crop/flip per clip and color jitter per output frame (or per clip), on the CPU.
 
@@ -63,24 +63,26 @@ def sample_params(batch: int, num_frames_out: int, height: int, width: int, cfg:
     flip = torch.rand(B, generator=g) < flip_p
     n = T if per_frame else 1  # jitter draws per clip
     apply = torch.rand(B, n, generator=g) < jitter_p
-    factors = torch.stack([_uniform((B, n), max(0.0, 1 - v), 1 + v, g) for v in (brightness, contrast, saturation)]
-                          + [_uniform((B, n), -hue, hue, g)], dim=-1)
+    ranges = [(max(0.0, 1 - v), 1 + v) for v in (brightness, contrast, saturation)] + [(-hue, hue)]
+    factors = torch.stack([_uniform((B, n), lo, hi, g) for lo, hi in ranges], dim=-1)
     order = torch.rand(B, n, 4, generator=g).argsort(dim=-1)  # uniform random permutation, like randperm(4)
     return JitterParams(crop_yx=torch.stack([top, left], 1).int(), crop_hw=(crop, crop), flip=flip,
                         apply=apply.expand(B, T).contiguous(), factors=factors.expand(B, T, 4).contiguous(),
                         order=order.expand(B, T, 4).int().contiguous())
 
 
-def center_params(batch: int, num_frames_out: int, height: int, width: int, *, crop: int = 112) -> JitterParams:
+def center_params(batch: int, num_frames_out: int, height: int, width: int, *,
+                  crop: int = 112) -> JitterParams:
     """Evaluation transform: torchvision's center crop, no flip, no jitter."""
     _check_crop(crop, height, width)
     top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
     B, T = batch, num_frames_out
     factors = torch.ones(B, T, 4)
     factors[..., 3] = 0.0
-    return JitterParams(crop_yx=torch.tensor([[top, left]], dtype=torch.int32).repeat(B, 1), crop_hw=(crop, crop),
-                        flip=torch.zeros(B, dtype=torch.bool), apply=torch.zeros(B, T, dtype=torch.bool),
-                        factors=factors, order=torch.arange(4, dtype=torch.int32).repeat(B, T, 1))
+    return JitterParams(crop_yx=torch.tensor([[top, left]], dtype=torch.int32).repeat(B, 1),
+                        crop_hw=(crop, crop), flip=torch.zeros(B, dtype=torch.bool),
+                        apply=torch.zeros(B, T, dtype=torch.bool), factors=factors,
+                        order=torch.arange(4, dtype=torch.int32).repeat(B, T, 1))
 
 
 def augment(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams, mean=KINETICS_MEAN,

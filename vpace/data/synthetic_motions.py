@@ -66,39 +66,34 @@ class RenderSpec:
 
 
 # ----------------------------------------------------------------------------------------------- appearance
-def _upsample(grid: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize of a small [gh, gw, C] grid to [h, w, C] (smooth random fields)."""
-    gh, gw = grid.shape[:2]
-    y = np.linspace(0, gh - 1, h, dtype=np.float32)
-    x = np.linspace(0, gw - 1, w, dtype=np.float32)
-    y0, x0 = np.minimum(y.astype(int), gh - 2), np.minimum(x.astype(int), gw - 2)
-    wy, wx = (y - y0)[:, None, None], (x - x0)[None, :, None]
-    top = grid[y0][:, x0] * (1 - wx) + grid[y0][:, x0 + 1] * wx
-    bot = grid[y0 + 1][:, x0] * (1 - wx) + grid[y0 + 1][:, x0 + 1] * wx
-    return top * (1 - wy) + bot * wy
+@dataclass(frozen=True)
+class _Pattern:
+    """A random analytic mixing field m(x, y) in [0, 1] (x, y in pattern units): stripes, checker or blobs.
 
+    Analytic, so a moving camera samples it at any sub-pixel position or zoom without a texture's borders."""
 
-def _pattern(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
-    """A random mixing field in [0, 1] of shape [h, w, 1]: stripes, checker or smooth noise.
+    kind: int  # 0 stripes, 1 checker, 2 blobs
+    waves: np.ndarray  # [n, 3] float32: kx, ky (radians per unit), phase
 
-    ``scale`` is the size of the canvas in "object diameters" so pattern frequencies are comparable."""
-    kind = rng.integers(3)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    yy, xx = yy / max(h, w) * scale, xx / max(h, w) * scale
-    phi = rng.uniform(0, math.pi)
-    rot = xx * math.cos(phi) + yy * math.sin(phi)
-    if kind == 0:  # soft stripes
-        m = np.clip(3 * np.sin(2 * math.pi * rng.uniform(1.5, 4.0) * rot + rng.uniform(0, 6.3)), -1, 1)
-        m = 0.5 + 0.5 * m
-    elif kind == 1:  # rotated checker
-        n = rng.uniform(2.0, 4.0)
-        other = -xx * math.sin(phi) + yy * math.cos(phi)
-        m = (np.floor(rot * n) + np.floor(other * n)) % 2
-    else:  # smooth blobs
-        g = int(rng.integers(4, 8))
-        m = _upsample(rng.random((g, g, 1), dtype=np.float32), h, w)[..., 0]
-        m = np.clip((m - m.mean()) * 4 + 0.5, 0, 1)
-    return m.astype(np.float32)[..., None]
+    @staticmethod
+    def random(rng: np.random.Generator, freq: float = 1.0) -> _Pattern:
+        kind = int(rng.integers(3))
+        n, lo, hi = ((1, 1.5, 3.0), (2, 1.0, 2.0), (4, 0.6, 1.6))[kind]
+        ang = rng.uniform(0, math.pi) + np.arange(n) * (math.pi / 2 if kind == 1 else math.pi / n)
+        k = 2 * math.pi * freq * (rng.uniform(lo, hi) if kind == 1 else rng.uniform(lo, hi, n))
+        k = np.broadcast_to(k, (n,))
+        waves = np.stack([k * np.cos(ang), k * np.sin(ang), rng.uniform(0, 2 * math.pi, n)], 1)
+        return _Pattern(kind, waves.astype(np.float32))
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        s = [np.sin(kx * x + ky * y + ph) for kx, ky, ph in self.waves]
+        if self.kind == 0:
+            m = 3 * s[0]
+        elif self.kind == 1:
+            m = 4 * s[0] * s[1]
+        else:
+            m = 0.75 * sum(s)
+        return 0.5 + 0.5 * np.clip(m, -1, 1)
 
 
 def _two_colours(rng: np.random.Generator, contrast: float) -> tuple[np.ndarray, np.ndarray]:
@@ -109,10 +104,17 @@ def _two_colours(rng: np.random.Generator, contrast: float) -> tuple[np.ndarray,
     return c1, c1 + contrast * (c2 - c1)
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    m = _pattern(rng, h, w, scale=rng.uniform(1.0, 2.0))
-    c1, c2 = _two_colours(rng, contrast=rng.uniform(0.15, 0.5))
-    return c1 * (1 - m) + c2 * m
+@dataclass(frozen=True)
+class _Background:
+    pattern: _Pattern  # in units of frame heights / freq
+    freq: float
+    c1: np.ndarray
+    c2: np.ndarray
+
+    @staticmethod
+    def random(rng: np.random.Generator) -> _Background:
+        freq = float(rng.uniform(0.8, 1.5))
+        return _Background(_Pattern.random(rng), freq, *_two_colours(rng, contrast=rng.uniform(0.2, 0.5)))
 
 
 @dataclass
@@ -127,7 +129,8 @@ class _Object:
 def _objects(rng: np.random.Generator) -> list[_Object]:
     out = []
     for _ in range(int(rng.integers(2, 5))):
-        m = _pattern(rng, TEX, TEX, scale=1.0)
+        yy, xx = (np.mgrid[0:TEX, 0:TEX].astype(np.float32) + 0.5) / TEX  # one unit = the object's diameter
+        m = _Pattern.random(rng)(xx, yy)[..., None]
         c1, c2 = _two_colours(rng, contrast=rng.uniform(0.6, 1.0))
         sides = int(rng.choice([0, 3, 4, 5, 6]))
         aspect = float(rng.uniform(0.55, 1.0)) if sides == 0 else 1.0
@@ -149,8 +152,27 @@ def _sdf(obj: _Object, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------- motion
+@dataclass
+class _Camera:
+    """Per-frame view of the background [T]: content zoomed by 2**log2s and rotated by theta about (fx, fy)
+    (px), then shifted by (tx, ty) px. ``shepard``: endless zoom by cross-fading two octaves."""
+
+    fx: float
+    fy: float
+    log2s: np.ndarray
+    theta: np.ndarray
+    tx: np.ndarray
+    ty: np.ndarray
+    shepard: bool = False
+
+
 def _trajectories(name: str, rng: np.random.Generator, tau: np.ndarray, objs: list[_Object], h: int, w: int):
-    """Per-frame states [T, K]: centre x/y (px), scale, angle (rad), opacity; ``tau`` is warped time [T,1]."""
+    """Objects' per-frame states [T, K] (centre x/y px, scale, angle rad, opacity) and camera (None: still).
+
+    ``tau`` [T, 1] is time warped by the video's speed factor. The camera follows the class motion at half the
+    objects' amplitude (parallax), except Rising/Falling where all scrolls together; Bounce and Blink keep a
+    still background.
+    Moving backgrounds matter: with objects alone, too few pixels move for pace to be learnt quickly."""
     k = len(objs)
     r = np.array([o.radius for o in objs]) * h
     shape = (tau.shape[0], k)
@@ -161,27 +183,37 @@ def _trajectories(name: str, rng: np.random.Generator, tau: np.ndarray, objs: li
     phase = rng.uniform(0, 1, k)
     period = _PERIODS.get(name, 1.0)
     cyc = 2 * math.pi * (tau / period + phase)  # periodic classes: radians
+    t1, zero = tau[:, 0], np.zeros(tau.shape[0])
+    bg_cyc = 2 * math.pi * (t1 / period + rng.uniform(0, 1))
+    cam = _Camera(w / 2 + rng.normal(0, 0.08 * w), h / 2 + rng.normal(0, 0.08 * h), zero, zero, zero, zero)
     if name in ("Rising", "Falling"):
         span = h + 2 * r  # leave the frame completely before coming back on the other side
         sign = -1.0 if name == "Rising" else 1.0
         cy = np.mod(phase * span + sign * _V * h * tau, span) - r
+        cam.ty = sign * _V * h * t1  # the whole scene scrolls: one speed in every pixel
     elif name == "Oscillate":
         cy = rng.uniform(_AMP * h, (1 - _AMP) * h, k) + _AMP * h * np.sin(cyc)
+        cam.ty = 0.5 * _AMP * h * np.sin(bg_cyc)
     elif name == "Bounce":
         u = np.mod(tau / period + phase, 1.0)
         cy = (h - r * 1.05) - _HOP * h * 4 * u * (1 - u)
+        cam = None
     elif name == "Orbit":
         sign = rng.choice([-1.0, 1.0])
         ox, oy = rng.uniform(0.25 * w, 0.75 * w, k), rng.uniform(0.35 * h, 0.65 * h, k)
         cx, cy = ox + _ORBIT * h * np.cos(sign * cyc), oy + _ORBIT * h * np.sin(sign * cyc)
+        cam.tx, cam.ty = 0.5 * _ORBIT * h * np.cos(sign * bg_cyc), 0.5 * _ORBIT * h * np.sin(sign * bg_cyc)
     elif name == "Spin":
         angle = angle + rng.choice([-1.0, 1.0], k) * cyc
+        cam.theta = 0.3 * np.sin(bg_cyc)  # the camera rocks (+-17 deg) with the spin's period
     elif name == "Blink":
         alpha = 0.1 + 0.9 * (0.5 + 0.5 * np.cos(cyc))
+        cam = None  # a flickering background is what per-frame colour jitter already does
     elif name == "Breathe":
         scale = 1.0 - 0.6 * (0.5 - 0.5 * np.cos(cyc))
+        cam.log2s = np.log2(1.0 + 0.15 * (0.5 - 0.5 * np.cos(bg_cyc)))
     elif name in ("ZoomIn", "ZoomOut"):
-        fx, fy = w / 2 + rng.normal(0, 0.08 * w), h / 2 + rng.normal(0, 0.08 * h)
+        fx, fy = cam.fx, cam.fy
         rmin, rmax = 0.04 * h, 0.65 * math.hypot(h, w)
         life = math.log(rmax / rmin) / _ZOOM  # frames from the centre to beyond the corners
         t = tau if name == "ZoomIn" else -tau
@@ -190,9 +222,10 @@ def _trajectories(name: str, rng: np.random.Generator, tau: np.ndarray, objs: li
         dist = rmin * np.exp(_ZOOM * np.mod(age, life))
         cx, cy = fx + dist * np.cos(ray), fy + dist * np.sin(ray)
         scale = dist / (0.35 * h)
+        cam.log2s, cam.shepard = 0.5 * _ZOOM * t[:, 0] / math.log(2) + rng.uniform(0, 1), True
     else:
         raise ValueError(f"unknown motion class {name!r}; known: {[m.name for m in MOTIONS]}")
-    return cx, cy, scale, angle, alpha
+    return (cx, cy, scale, angle, alpha), cam
 
 
 # ----------------------------------------------------------------------------------------------- renderer
@@ -217,21 +250,43 @@ def _draw(frame: np.ndarray, obj: _Object, cx: float, cy: float, rpx: float, ang
     region += a[..., None] * (obj.tex[iy, ix] - region)
 
 
+def _background_frame(bg: _Background, cam: _Camera | None, t: int, yy: np.ndarray, xx: np.ndarray):
+    """The background seen by ``cam`` at frame ``t`` as float32 [H, W, 3] (pixel grids ``yy``, ``xx``)."""
+    unit = np.float32(bg.freq / yy.shape[0])  # pattern units per pixel
+    if cam is None:
+        m = bg.pattern(xx * unit, yy * unit)
+    else:
+        dx, dy = xx - np.float32(cam.fx), yy - np.float32(cam.fy)
+        c, s = np.float32(math.cos(cam.theta[t])), np.float32(math.sin(cam.theta[t]))
+        rx, ry = c * dx + s * dy, c * dy - s * dx
+        e = float(cam.log2s[t])
+        # endless zoom: two octaves cross-fade so the pattern at scale 2**e looks the same as at 2**(e+1)
+        layers = [(e % 1.0, 1.0 - e % 1.0), (e % 1.0 - 1.0, e % 1.0)] if cam.shepard else [(e, 1.0)]
+        m = 0
+        for log2s, weight in layers:
+            inv = np.float32(unit * 2.0**-log2s)
+            px = rx * inv + np.float32((cam.fx - cam.tx[t]) * unit)
+            py = ry * inv + np.float32((cam.fy - cam.ty[t]) * unit)
+            m = m + np.float32(weight) * bg.pattern(px, py)
+    return bg.c1 + (bg.c2 - bg.c1) * m[..., None]
+
+
 def render_video(spec: RenderSpec) -> np.ndarray:
     """Render one video as uint8 RGB frames [T, H, W, 3]; a pure function of ``spec``."""
     h, w = spec.height, spec.width
-    bg = _background(np.random.default_rng(spec.group_seed), h, w).astype(np.float32)
+    bg = _Background.random(np.random.default_rng(spec.group_seed))
     app_rng, mot_rng = np.random.default_rng(spec.video_seed).spawn(2)  # appearance never sees the class
     objs = _objects(app_rng)
     tau = (np.arange(spec.num_frames, dtype=np.float64) * spec.speed_factor)[:, None]
-    cx, cy, scale, angle, alpha = _trajectories(MOTIONS[spec.label].name, mot_rng, tau, objs, h, w)
+    (cx, cy, scale, angle, alpha), cam = _trajectories(MOTIONS[spec.label].name, mot_rng, tau, objs, h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    still = _background_frame(bg, None, 0, yy, xx) if cam is None else None
     out = np.empty((spec.num_frames, h, w, 3), np.uint8)
-    frame = np.empty_like(bg)
     for t in range(spec.num_frames):
-        frame[:] = bg
+        frame = still.copy() if cam is None else _background_frame(bg, cam, t, yy, xx)
         for j, obj in enumerate(objs):
             _draw(frame, obj, cx[t, j], cy[t, j], obj.radius * h * scale[t, j], angle[t, j], alpha[t, j])
-        np.multiply(frame, 255.0, out=frame)
+        frame *= 255.0
         frame += 0.5
         out[t] = np.clip(frame, 0, 255)
     return out

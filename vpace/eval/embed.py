@@ -8,7 +8,6 @@ an unreadable video gets a NaN row and is reported, so row i is always video i.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from vpace.data import VideoIndex, load_index
 from vpace.data.index import VIDEO_EXTENSIONS, VideoEntry
 from vpace.eval.features import ClipSpec, FeatureSet, extract_features
 from vpace.eval.loading import LoadedModel, load_model
-
-log = logging.getLogger(__name__)
 
 
 def _as_index(videos: Sequence[str | Path] | str | Path) -> VideoIndex:

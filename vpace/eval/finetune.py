@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,6 @@ from vpace.eval.results import markdown_table, pct, write_result
 from vpace.train.checkpoint import find_latest, load_state
 from vpace.train.pretrain_task import PretrainTask, augment_batch, load_split
 from vpace.train.task import Task
-
-log = logging.getLogger(__name__)
 
 FINETUNE_LR = {"s3d_g": 0.01, "tv_s3d": 0.01}  # paper §4.1; 3e-3 for every other backbone
 DEFAULT_LR = 3e-3
@@ -130,7 +127,7 @@ def load_classifier(run_or_ckpt: str | Path) -> tuple[Classifier, Config]:
 
 
 @torch.no_grad()
-def test_classifier(
+def evaluate_classifier(
     model: nn.Module, index: VideoIndex, spec: ClipSpec, *, batch_size: int = 4, num_workers: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -221,7 +218,7 @@ def finetune(
         result = run_task(FinetuneTask(src, len(index.classes), dropout), cfg, address)
         model, _ = load_classifier(result.run_dir)
         spec = ClipSpec.from_config(cfg)
-        test = test_classifier(model, index.split("test"), spec, batch_size=test_batch_size,
+        test = evaluate_classifier(model, index.split("test"), spec, batch_size=test_batch_size,
                                num_workers=num_workers)
         last = result.history.get("epochs", [{}])[-1] if result.history.get("epochs") else {}
         rows.append({"model": label, "init": str(src) if src else "random", "backbone": cfg.model.backbone,
@@ -236,4 +233,4 @@ def finetune(
 
 
 __all__ = ["Classifier", "FinetuneTask", "finetune", "knn_classify", "linear_probe", "load_classifier",
-           "test_classifier"]
+           "evaluate_classifier"]

@@ -8,15 +8,12 @@ k in {1, 5, 10, 20, 50}. Features come from p5 (last pooling) and/or p4 (second 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from vpace.eval.features import DEFAULT_CACHE, FeatureSet, extract_features, setup_eval
 from vpace.eval.loading import LoadedModel, describe, eval_dir
 from vpace.eval.metrics import KS, topk_retrieval
 from vpace.eval.results import markdown_table, pct, write_result
-
-log = logging.getLogger(__name__)
 
 MODES = ("video", "clip")
 

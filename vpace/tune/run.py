@@ -23,8 +23,9 @@ from vpace.tune.trainable import TRAIN_DIR, PretrainTrial
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "vpace_search.json"  # the validated spec of the experiment; a resume must match it
-DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}  # a trial's Tune actor only drives its Train run (a zero
-# request is refused by Tune; CPUs are what the Train workers need, and they reserve their own)
+# A trial's Tune actor only drives its Train run, whose workers reserve their own CPUs; an all-zero request is
+# refused by Tune, so it asks for a little memory instead of a CPU the workers would then lack.
+DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 2**20}
 
 
 @dataclass
@@ -57,8 +58,11 @@ def _start_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(address=address, include_dashboard=False) if address else ray.init(include_dashboard=False)
-    return not address
+    if address:
+        ray.init(address=address)
+        return False
+    ray.init(include_dashboard=False)
+    return True
 
 
 def max_concurrent(spec: SearchSpec, resources: dict[str, float]) -> int:
@@ -99,7 +103,7 @@ def build_tuner(spec: SearchSpec, exp_dir: Path, concurrency: int, resume: bool)
 
     t = spec.tune
     runs = str(exp_dir / TRAIN_DIR)
-    trial = tune.with_parameters(PretrainTrial, base=spec.base, runs_dir=runs, metric=t.metric)
+    trial = tune.with_parameters(PretrainTrial, spec=spec, runs_dir=runs)
     trainable = tune.with_resources(trial, DRIVER_RESOURCES)
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         log.info("resuming search %s", exp_dir)

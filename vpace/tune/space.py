@@ -68,7 +68,7 @@ class TuneSettings:
     workers_per_trial: int | None = None  # None = scale.min_workers
     max_concurrent: int | None = None  # cap below what the cluster allows
     max_failures: int = 1  # per trial, on the Tune side (a crashed trial driver restarts and resumes)
-    seed: int | None = None  # searcher seed (optuna)
+    seed: int | None = None  # seed of the random / optuna sampler (None: not reproducible)
 
 
 @dataclass

@@ -22,7 +22,6 @@ checkpoints would hold no extra state (Ray docs, "Hyperparameter Tuning with Ray
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import traceback
 from pathlib import Path
@@ -33,10 +32,7 @@ from ray import tune
 from ray.train import UserCallback
 from ray.tune.result import DONE
 
-from vpace.config import Config, _deep_merge, load_config
-from vpace.tune.space import nest
-
-log = logging.getLogger(__name__)
+from vpace.tune.space import SearchSpec
 
 TRAIN_DIR = "train"  # <experiment dir>/train/<trial id>: the trials' Ray Train runs
 ABORT_TIMEOUT_S = 60.0
@@ -56,13 +52,6 @@ class ProxyReportCallback(UserCallback):
             self.queue.put(("result", item, ray.get_runtime_context().current_actor))
 
 
-def trial_config(params: dict[str, Any], base: dict[str, Any], runs_dir: str, trial_id: str) -> Config:
-    """`params` (dotted field -> sampled value) over `base`; the Train run is named by the trial id."""
-    cfg = load_config(data=_deep_merge(base, nest(params)))
-    cfg.run.name, cfg.run.storage = trial_id, runs_dir
-    return cfg
-
-
 def _last_measured(history: dict[str, list[dict[str, Any]]], metric: str) -> dict[str, Any]:
     """The last epoch row with the metric, as a result (`epoch` = epochs completed, like the live reports)."""
     rows = [r for r in history.get("epochs", []) if metric in r]
@@ -72,11 +61,12 @@ def _last_measured(history: dict[str, list[dict[str, Any]]], metric: str) -> dic
 class PretrainTrial(tune.Trainable):
     """Runs the Train run in a thread; each `step()` returns the next proxy measurement."""
 
-    def setup(self, config: dict[str, Any], *, base: dict[str, Any], runs_dir: str, metric: str) -> None:
+    def setup(self, config: dict[str, Any], *, spec: SearchSpec, runs_dir: str) -> None:
         from ray.util.queue import Queue
 
-        self.cfg = trial_config(config, base, runs_dir, self.trial_id)
-        self.metric = metric
+        self.cfg = spec.trial_config(config)  # config = this trial's sampled values, by dotted field
+        self.cfg.run.name, self.cfg.run.storage = self.trial_id, runs_dir
+        self.metric = spec.tune.metric
         self.queue = Queue(actor_options={"num_cpus": 0})
         self.controller: Any = None
         self.last: dict[str, Any] = {}  # the last result returned to Tune
