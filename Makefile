@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/vpace demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

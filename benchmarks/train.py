@@ -32,8 +32,8 @@ def _cfg(data: Path, storage: Path, name: str, workers: int, cpus: float):
         f"scale.min_workers={workers}", f"scale.max_workers={workers}", f"scale.cpus_per_worker={cpus}"])
 
 
-def bare_loop(cfg) -> tuple[float, float]:
-    """(median step seconds, clips/s) of a hand-written single-process loop."""
+def bare_loop(cfg) -> float:
+    """Median step seconds (data wait included) of a hand-written single-process loop."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -49,7 +49,7 @@ def bare_loop(cfg) -> tuple[float, float]:
     ds = task.dataset(cfg)
     sampler = ElasticBatchSampler(len(ds), cfg.optim.batch_size, 0, 1, cfg.run.seed, 0)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=task.collate)
-    times, clips = [], 0
+    times = []
     t = time.perf_counter()
     for step, batch in enumerate(loader):
         batch.pop("skipped")
@@ -62,12 +62,9 @@ def bare_loop(cfg) -> tuple[float, float]:
         now = time.perf_counter()
         times.append(now - t)
         t = now
-        if step >= WARMUP:
-            clips += task.batch_size(batch)[1]
         if step + 1 >= STEPS:
             break
-    steady = times[WARMUP:]
-    return statistics.median(steady), clips / sum(steady)
+    return statistics.median(times[WARMUP:])
 
 
 def run(out_dir: Path) -> None:
@@ -80,7 +77,7 @@ def run(out_dir: Path) -> None:
     cpus = float(max(1, (os.cpu_count() or 2)))
     with tempfile.TemporaryDirectory() as tmp:
         data, runs = Path(tmp) / "data", Path(tmp) / "runs"
-        make_synthetic(data, num_videos=40, seed=0)
+        make_synthetic(data, num_videos=40, seed=0, progress=False)
         one = _cfg(data, runs, "bench1", 1, cpus)
         shape = (f"{one.model.backbone} b{one.optim.batch_size}x{one.data.clips_per_video} "
                  f"T{one.data.clip_len} {one.augment.crop}px cpu{int(cpus)}")
@@ -92,26 +89,20 @@ def run(out_dir: Path) -> None:
             r2 = pretrain(_cfg(data, runs, "bench2", 2, cpus / 2))
         finally:
             ray.shutdown()
-        bare_s, bare_cps = min([*bare, bare_loop(one)])
+        bare_s = min([*bare, bare_loop(one)])
     ray_s, ray_wall = r1["step_time_s"], r1["wall_per_step_s"]
     per_batch_clips = one.optim.batch_size * one.data.clips_per_video
     windows = [r["clips_per_s"] for r in r2.history["steps"]][WARMUP:]
-    rows = [
-        dict(kernel="train_step", provider="bare", shape=shape, metric="step_ms",
-             value=f"{bare_s * 1e3:.1f}"),
-        dict(kernel="train_step", provider="ray_train_1w", shape=shape, metric="step_ms",
-             value=f"{ray_s * 1e3:.1f}"),
-        dict(kernel="train_step", provider="ray_train_1w", shape=shape, metric="wall_step_ms",
-             value=f"{ray_wall * 1e3:.1f}"),
-        dict(kernel="train_step", provider="ray_train_1w", shape=shape, metric="overhead_pct",
-             value=f"{(ray_s / bare_s - 1) * 100:.1f}"),
-        dict(kernel="train_step", provider="bare", shape=shape, metric="clips_per_s",
-             value=f"{bare_cps:.1f}"),
-        dict(kernel="train_step", provider="ray_train_1w", shape=shape, metric="clips_per_s",
-             value=f"{per_batch_clips / ray_s:.1f}"),
-        dict(kernel="train_step", provider="ray_train_2w", shape=shape.replace(f"cpu{int(cpus)}", "cpu2x1"),
-             metric="clips_per_s_per_worker", value=f"{statistics.median(windows) / 2:.1f}"),
-    ]
+    shape2 = shape.replace(f"cpu{int(cpus)}", "cpu2x1")
+    rows = [dict(kernel="train_step", provider=p, shape=sh, metric=m, value=f"{v:.1f}") for p, sh, m, v in (
+        ("bare", shape, "step_ms", bare_s * 1e3),
+        ("ray_train_1w", shape, "step_ms", ray_s * 1e3),
+        ("ray_train_1w", shape, "wall_step_ms", ray_wall * 1e3),
+        ("ray_train_1w", shape, "overhead_pct", (ray_s / bare_s - 1) * 100),
+        ("bare", shape, "clips_per_s", per_batch_clips / bare_s),
+        ("ray_train_1w", shape, "clips_per_s", per_batch_clips / ray_s),
+        ("ray_train_2w", shape2, "clips_per_s_per_worker", statistics.median(windows) / 2),
+    )]
     append_rows(out_dir / "train.csv", rows)
     for r in rows:
         print(f"{r['provider']:14s} {r['metric']:24s} {r['value']}")

@@ -18,7 +18,7 @@ from vpace.config import load_config
 from vpace.data import load_index
 from vpace.eval.attention import activation_attention, attention
 from vpace.eval.embed import embed
-from vpace.eval.features import ClipSpec, clip_batches
+from vpace.eval.features import ClipSpec, center_clips, clip_batches
 from vpace.eval.finetune import FINETUNE_LR, FinetuneTask, finetune, finetune_config
 from vpace.eval.loading import load_model
 from vpace.eval.probes import knn_classify, linear_probe
@@ -84,6 +84,23 @@ def _clip_sources(path: Path, num_clips: int = 10, clip_len: int = 16) -> list[l
     (batch,) = list(clip_batches(index.split("all"), spec, batch_size=1, num_workers=0))
     f, m = batch["frames"][0].numpy(), batch["index_map"][0].numpy()
     return [decode_indices(f[k][m[k]]) for k in range(num_clips)]
+
+
+def test_center_clips_equal_the_reference_op_with_center_params() -> None:
+    """The eval transform = the augmentation op's torchvision reference fed center_params."""
+    from kernels.pace_jitter import pace_jitter_reference
+    from vpace.augment import center_params
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (2, 3, 8, 64, 85, 3), dtype=torch.uint8, generator=g)
+    imap = torch.randint(0, 8, (2, 3, 8), generator=g)
+    spec = ClipSpec(num_clips=3, clip_len=8, height=64, width=85, crop=56)
+    params = center_params(6, 8, 64, 85, crop=56)
+    ref = pace_jitter_reference(frames.flatten(0, 1), imap.flatten(0, 1), params, spec.mean, spec.std,
+                                torch.float32)
+    got = center_clips(frames, imap, spec)
+    assert got.shape == (6, 3, 8, 56, 56)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("n", [100, 20, 7])
@@ -284,7 +301,7 @@ def test_finetune_on_ray_beats_chance(pace_run, motion_set, tmp_path, monkeypatc
             "optim.weight_decay=0.01", "optim.lr_step_epochs=100", "scale.min_workers=1",
             "scale.max_workers=1", "data.num_workers=0", "data.epoch_size=null",
             "scale.checkpoint_every=1000"]
-    res = finetune(str(pace_run), data=str(motion_set), lr=1e-3, epochs=10, overrides=sets,
+    res = finetune(str(pace_run), data=str(motion_set), lr=1e-3, epochs=20, overrides=sets,
                    out_dir=str(tmp_path / "ft"))
     (row,) = res["rows"]
     bad = str(motion_set / "Still" / "v_Still_g99.mp4")
@@ -292,7 +309,7 @@ def test_finetune_on_ray_beats_chance(pace_run, motion_set, tmp_path, monkeypatc
     assert row["video_acc"] >= 2 * chance and row["clip_acc"] > chance, row
     assert row["num_videos"] == 16 and [s["path"] for s in row["skipped"]] == [bad]
     assert row["skipped"][0]["reason"] == "not a video file (unrecognised format)"
-    assert row["steps"] == 10 * 4  # 32 train videos / batch 8, 10 epochs
+    assert row["steps"] == 20 * 4  # 32 train videos / batch 8, 20 epochs
     md = (tmp_path / "ft" / "finetune.md").read_text()
     assert "| pretrained |" in md and "v_Still_g99.mp4" in md
     # the probes on the fine-tuned checkpoint's features (extracted once, then from the cache)

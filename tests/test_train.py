@@ -34,7 +34,8 @@ NUM_VIDEOS = 30  # 10 motion classes x 3 (2 train + 1 test); + 1 broken file in 
 # ------------------------------------------------------------------------------------------------ units
 
 
-def _drain(n: int, b: int, world: int, seed: int, epoch: int, consumed: int, steps: int | None) -> tuple[list, int]:
+def _drain(n: int, b: int, world: int, seed: int, epoch: int, consumed: int,
+           steps: int | None) -> tuple[list, int]:
     """Run `steps` global steps (None = to the end) of every rank; returns (items seen, consumed after)."""
     samplers = [ElasticBatchSampler(n, b, r, world, seed, epoch, consumed) for r in range(world)]
     lengths = {len(s) for s in samplers}
@@ -149,7 +150,8 @@ def synth(tmp_path_factory) -> Path:
         rel, label = lines[0].split()[:2]  # put the broken file next to the first training video
         bad = Path(load_index(root).split("train")[0].path).with_name("v_Broken_g99_c01.mp4")
         bad.write_text("not a video\n")
-        trainlist.write_text("\n".join([*lines, f"{Path(rel).with_name(bad.name).as_posix()} {label}"]) + "\n")
+        entry = f"{Path(rel).with_name(bad.name).as_posix()} {label}"
+        trainlist.write_text("\n".join([*lines, entry]) + "\n")
     return root
 
 
@@ -194,7 +196,7 @@ def test_two_worker_run_learns_and_leaves_loadable_checkpoint(local_ray, synth, 
     rows = res.history["epochs"]
     assert [r["epoch"] for r in rows] == list(range(epochs))
     broken_per_epoch = len(range(n - 1, epoch_size, n))
-    assert all(r["skipped"] == broken_per_epoch and r["videos"] == epoch_size - broken_per_epoch for r in rows)
+    assert all((r["skipped"], r["videos"]) == (broken_per_epoch, epoch_size - broken_per_epoch) for r in rows)
     assert res.metrics["skipped_total"] == epochs * broken_per_epoch
 
     losses = [r["loss"] for r in res.history["steps"]]
@@ -210,8 +212,9 @@ def test_two_worker_run_learns_and_leaves_loadable_checkpoint(local_ray, synth, 
     out = export_backbone(res.run_dir, tmp_path / "bb.safetensors")
     backbone = build_backbone(cfg.model.backbone)
     backbone.load_state_dict(load_file(out))  # strict
+    prefix = json.loads((ckpt / "meta.json").read_text())["backbone_prefix"]
     for k, v in backbone.state_dict().items():
-        assert torch.equal(v, state["model"][json.loads((ckpt / "meta.json").read_text())["backbone_prefix"] + k])
+        assert torch.equal(v, state["model"][prefix + k])
 
     run = Path(res.run_dir)
     assert (run / "curves.png").stat().st_size > 0 and list((run / "tensorboard").glob("events.*"))

@@ -12,9 +12,6 @@ import sys
 import tempfile
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-# A restart first asks for the old group size (the autoscaling coordinator refreshes every 20 s); a short start
-# timeout makes that attempt give up quickly instead of after 60 s.
-os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "10"
 os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="vpray"))
 
 import json  # noqa: E402
@@ -31,8 +28,8 @@ from vpace.train.pretrain_task import PretrainTask  # noqa: E402
 
 
 class PacedPretrainTask(PretrainTask):
-    """Real pre-training, but slowed down (>= 2 s per step) while shrunk to one worker, so the run cannot finish
-    before the grown-back group starts (the autoscaling coordinator sees the new node only every 20 s)."""
+    """Real pre-training, but slowed down (>= 2 s per step) while shrunk to one worker, so the run cannot
+    finish before the grown-back group starts (the autoscaling coordinator sees a new node every 20 s)."""
 
     shrunk_step_s = 2.0
 
@@ -56,14 +53,17 @@ def _checkpoints(run_dir: Path) -> list[tuple[int, int]]:
 
 
 @pytest.mark.slow
-def test_elastic_shrink_then_grow_back(tmp_path, tmp_path_factory):
+def test_elastic_shrink_then_grow_back(tmp_path, tmp_path_factory, monkeypatch):
     import ray
     from ray import cloudpickle
     from ray.cluster_utils import Cluster
-
     from test_train import synthetic_set
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    # A restart first asks for the old group size (the autoscaling coordinator refreshes every 20 s); a short
+    # wait for its placement group makes that attempt give up after 10 s instead of 60 s. Read (and passed to
+    # the Train controller) when the trainer starts; only this test's runs get it.
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "10")
     data = synthetic_set(tmp_path_factory)
     total, base_lr = 60, 0.01
     cfg = load_config("smoke", overrides=[
@@ -71,7 +71,8 @@ def test_elastic_shrink_then_grow_back(tmp_path, tmp_path_factory):
         "data.clip_len=8", "data.height=48", "data.width=64", "augment.crop=32", "data.num_workers=0",
         f"optim.lr={base_lr}", "optim.batch_size=5", "optim.base_batch_size=5", "optim.epochs=1000",
         "optim.lr_step_epochs=1000", f"optim.max_steps={total}", "scale.min_workers=1", "scale.max_workers=2",
-        "scale.checkpoint_every=2", "scale.num_to_keep=1000", "scale.max_failures=1"])  # the removed node's worker
+        "scale.checkpoint_every=2", "scale.num_to_keep=1000",
+        "scale.max_failures=1"])  # exactly one failure: the worker on the removed node
     run_dir = tmp_path / "runs" / "elastic"
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})

@@ -86,7 +86,8 @@ def center_params(batch: int, num_frames_out: int, height: int, width: int, *,
 
 
 def augment(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams, mean=KINETICS_MEAN,
-            std=KINETICS_STD, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            std=KINETICS_STD, out_dtype: torch.dtype = torch.float32, *,
+            backend: str | None = None) -> torch.Tensor:
     """uint8 unique frames ``[B, F, H, W, 3]`` + ``index_map [B, T]`` -> clips ``[B, 3, T, crop, crop]``,
-    on the frames' device (params are moved there)."""
-    return pace_jitter(frames, index_map, params.to(frames.device), mean, std, out_dtype)
+    on the frames' device (params are moved there). ``backend``: see ``kernels.pace_jitter.pace_jitter``."""
+    return pace_jitter(frames, index_map, params, mean, std, out_dtype, backend=backend)

@@ -127,15 +127,15 @@ def _cmd_report(a: argparse.Namespace) -> int:
 def _cmd_tune(a: argparse.Namespace) -> int:
     from vpace.tune import tune
 
-    outcome = tune(a.config, address=a.address, name=a.name, overrides=a.set)
+    outcome = tune(a.config, address=a.address, name=a.name, overrides=a.set, resume=not a.no_resume)
     print(outcome)
     return 0
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
-    from kernels.bench import print_kernel_table
+    from benchmarks.kernels_jitter import print_table
 
-    print_kernel_table()
+    print_table(quick=not a.full)
     return 0
 
 
@@ -243,10 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="search YAML, e.g. tune_configs/smoke.yaml")
     p.add_argument("--name", default=None, help="experiment name (default: the file's stem); re-run resumes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue an existing experiment")
     p.add_argument("--address", default=None)
 
     p = _add(sub, "bench", "print kernel benchmarks measured on this machine", _cmd_bench)
     p.add_argument("what", choices=("kernels",))
+    p.add_argument("--full", action="store_true", help="the full 30x16x112x112 shape (slower)")
 
     p = _add(sub, "demo", "the whole job: synthetic data -> pre-train -> retrieval vs random -> report",
              _cmd_demo)

@@ -10,26 +10,22 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-METHODS = ("pace", "pace_ctr", "rspnet")
-CTR_MODES = ("none", "same_context", "same_pace")
-PROJ_HEADS = ("linear", "mlp")
-OPTIMIZERS = ("sgd", "adamw")
-KNOWN_BACKBONES = ("c3d", "r3d", "r21d", "s3d_g", "r21d_tiny", "tv_r3d_18", "tv_r2plus1d_18", "tv_s3d")
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message starts with the dotted field name."""
-
-    def __init__(self, field_name: str, msg: str) -> None:
-        super().__init__(f"config field '{field_name}': {msg}")
-        self.field_name = field_name
+from vpace.config_validate import (  # noqa: F401  (re-exported)
+    CTR_MODES,
+    KNOWN_BACKBONES,
+    METHODS,
+    OPTIMIZERS,
+    PROJ_HEADS,
+    ConfigError,
+    parse_fraction_list,
+    validate,
+)
 
 
 @dataclass
@@ -303,7 +299,7 @@ def load_config(
         if not isinstance(raw, dict):
             raise ConfigError(str(path), "top level must be a mapping")
     if data is not None:
-        raw = _deep_merge(raw, data)
+        raw = deep_merge(raw, data)
     for ov in overrides:
         set_dotted(raw, ov)
     cfg = from_dict(Config, raw)
@@ -311,122 +307,8 @@ def load_config(
     return cfg
 
 
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-# ------------------------------------------------------------------------------------------ validation
-
-
-def parse_fraction_list(text: str, name: str) -> tuple[Fraction, ...]:
-    """'1/3,1/2,1,2' -> sorted unique Fractions; the error names the field and the bad item."""
-    items = [s.strip() for s in str(text).split(",") if s.strip()]
-    if not items:
-        raise ConfigError(name, "must list at least one value, e.g. '1,2,3,4'")
-    out = []
-    for s in items:
-        try:
-            fr = Fraction(s)
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(name, f"'{s}' is not a number or fraction like 1/3") from None
-        if fr <= 0:
-            raise ConfigError(name, f"'{s}' must be > 0")
-        out.append(fr)
-    if len(set(out)) != len(out):
-        raise ConfigError(name, f"duplicate values in '{text}'")
-    return tuple(sorted(out))
-
-
-def _check(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(name, msg)
-
-
-def validate(cfg: Config) -> None:
-    """Semantic checks that types alone cannot express."""
-    _check(cfg.method in METHODS, "method", f"must be one of {METHODS}, got {cfg.method!r}")
-    d, a, o, s = cfg.data, cfg.augment, cfg.optim, cfg.scale
-    _check(bool(d.index), "data.index", "must name a data folder, split dir, CSV or index JSON")
-    _check(d.clip_len >= 1, "data.clip_len", f"must be >= 1, got {d.clip_len}")
-    _check(d.height >= 1 and d.width >= 1, "data.height", "decode size must be positive")
-    _check(d.clips_per_video >= 1, "data.clips_per_video", "must be >= 1")
-    _check(d.epoch_size is None or d.epoch_size >= 1, "data.epoch_size", "must be >= 1")
-    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
-    _check(d.decode_threads >= 0, "data.decode_threads", "must be >= 0")
-    _check(a.crop >= 1, "augment.crop", "must be >= 1")
-    _check(
-        a.crop <= min(d.height, d.width),
-        "augment.crop",
-        f"crop {a.crop} is larger than the decoded frames {d.height}x{d.width} (data.height x data.width)",
-    )
-    for f in ("flip_p", "jitter_p"):
-        v = getattr(a, f)
-        _check(0.0 <= v <= 1.0, f"augment.{f}", f"is a probability, got {v}")
-    for f in ("brightness", "contrast", "saturation"):
-        _check(getattr(a, f) >= 0, f"augment.{f}", "must be >= 0")
-    _check(0 <= a.hue <= 0.5, "augment.hue", f"must be in [0, 0.5], got {a.hue}")
-    _check(all(v > 0 for v in a.std), "augment.std", "must be > 0")
-    _check(cfg.model.backbone in KNOWN_BACKBONES, "model.backbone",
-           f"unknown backbone {cfg.model.backbone!r} (valid: {', '.join(KNOWN_BACKBONES)})")
-
-    p = cfg.pace
-    paces = parse_fraction_list(p.paces, "pace.paces")
-    _check(p.lambda_cls >= 0, "pace.lambda_cls", f"must be >= 0, got {p.lambda_cls}")
-    _check(p.lambda_ctr >= 0, "pace.lambda_ctr", f"must be >= 0, got {p.lambda_ctr}")
-    _check(p.ctr_mode in CTR_MODES, "pace.ctr_mode", f"must be one of {CTR_MODES}, got {p.ctr_mode!r}")
-    _check(p.proj_head in PROJ_HEADS, "pace.proj_head", f"must be one of {PROJ_HEADS}")
-    _check(p.proj_dim >= 1, "pace.proj_dim", "must be >= 1")
-    _check(1e-3 <= p.tau <= 10, "pace.tau", f"must be in [0.001, 10], got {p.tau}")
-    if cfg.method in ("pace", "pace_ctr"):
-        _check(len(paces) >= 2 or p.lambda_cls == 0, "pace.paces", "pace prediction needs at least 2 paces")
-        if cfg.method == "pace_ctr" and p.ctr_mode == "same_context":
-            _check(d.clips_per_video >= 2, "data.clips_per_video", "same_context contrast needs >= 2 clips")
-            _check(d.clips_per_video <= len(paces), "data.clips_per_video",
-                   f"{d.clips_per_video} clips at distinct paces need as many paces (have {len(paces)})")
-        if cfg.method == "pace_ctr":
-            _check(p.ctr_mode != "none" or p.lambda_cls > 0, "pace.ctr_mode", "all loss terms are off")
-            _check(p.lambda_cls > 0 or p.lambda_ctr > 0, "pace.lambda_cls", "all loss terms are off")
-        else:
-            _check(p.lambda_cls > 0, "pace.lambda_cls", "method 'pace' needs lambda_cls > 0")
-
-    r = cfg.rspnet
-    speeds = parse_fraction_list(r.speeds, "rspnet.speeds")
-    if cfg.method == "rspnet":
-        _check(len(speeds) >= 2, "rspnet.speeds", "relative speed needs at least 2 speeds")
-        _check(r.weight_a >= 0 and r.weight_m >= 0, "rspnet.weight_a", "weights must be >= 0")
-        _check(r.weight_a > 0 or r.weight_m > 0, "rspnet.weight_a", "all loss terms are off")
-    _check(r.margin >= 0, "rspnet.margin", "must be >= 0")
-    _check(0 <= r.momentum < 1, "rspnet.momentum", f"must be in [0, 1), got {r.momentum}")
-    _check(r.queue_size >= 1, "rspnet.queue_size", "must be >= 1")
-    _check(r.dim >= 1, "rspnet.dim", "must be >= 1")
-    _check(1e-3 <= r.tau <= 10, "rspnet.tau", f"must be in [0.001, 10], got {r.tau}")
-
-    _check(o.optimizer in OPTIMIZERS, "optim.optimizer", f"must be one of {OPTIMIZERS}")
-    _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
-    _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
-    _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    _check(o.batch_size >= 1, "optim.batch_size", "must be >= 1")
-    _check(o.base_batch_size >= 1, "optim.base_batch_size", "must be >= 1")
-    _check(o.epochs >= 1, "optim.epochs", "must be >= 1")
-    _check(o.lr_step_epochs >= 1, "optim.lr_step_epochs", "must be >= 1")
-    _check(0 < o.lr_gamma <= 1, "optim.lr_gamma", "must be in (0, 1]")
-    _check(o.max_steps is None or o.max_steps >= 1, "optim.max_steps", "must be >= 1")
-
-    _check(s.min_workers >= 1, "scale.min_workers", "must be >= 1")
-    _check(s.max_workers >= s.min_workers, "scale.max_workers", "must be >= scale.min_workers")
-    _check(s.cpus_per_worker > 0, "scale.cpus_per_worker", "must be > 0")
-    _check(s.max_failures >= -1, "scale.max_failures", "must be >= -1 (-1 = unlimited)")
-    _check(s.checkpoint_every >= 1, "scale.checkpoint_every", "must be >= 1")
-    _check(s.num_to_keep >= 1, "scale.num_to_keep", "must be >= 1")
-    _check(o.batch_size >= s.max_workers, "optim.batch_size",
-           f"global batch {o.batch_size} is smaller than scale.max_workers={s.max_workers}")
-    px = cfg.proxy
-    _check(px.every_epochs >= 1, "proxy.every_epochs", "must be >= 1")
-    _check(px.num_clips >= 1, "proxy.num_clips", "must be >= 1")
-    _check(px.layer in ("p4", "p5"), "proxy.layer", f"must be 'p4' or 'p5', got {px.layer!r}")
-    _check(px.max_videos is None or px.max_videos >= 1, "proxy.max_videos", "must be >= 1")
-    _check(bool(cfg.run.name) and "/" not in cfg.run.name, "run.name", "must be a non-empty name without '/'")
-    _check(cfg.run.fail_mode in ("raise", "exit"), "run.fail_mode", "must be 'raise' or 'exit'")

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from tqdm.auto import tqdm
 
 from vpace.data.synthetic_motions import MOTIONS, RenderSpec, render_video
 
@@ -101,10 +102,10 @@ def _run_job(job: _Job) -> str:
 def _check_args(num_videos: int, seed: int, height: int, width: int, fps: int, min_s: float, max_s: float,
                 test_fraction: float) -> None:
     min_videos = 2 * len(CLASSES)
-    if not isinstance(num_videos, int) or num_videos < min_videos:
+    if not isinstance(num_videos, (int, np.integer)) or num_videos < min_videos:
         raise ValueError(f"num_videos={num_videos!r}: need an int >= {min_videos} (a train and a test video "
                          f"for each of the {len(CLASSES)} classes)")
-    if not isinstance(seed, int) or seed < 0:
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed={seed!r}: must be a non-negative int")
     if height < 16 or width < 16:
         raise ValueError(f"frame size {height}x{width}: height and width must be >= 16")
@@ -214,6 +215,7 @@ def make_synthetic(out_dir: str | Path, num_videos: int = 500, seed: int = 0, *,
     _check_args(num_videos, seed, height, width, fps, min_seconds, max_seconds, test_fraction)
     out = Path(out_dir).resolve()
     height, width = height + height % 2, width + width % 2  # yuv420p: even sizes only
+    num_videos, seed = int(num_videos), int(seed)
     args = {"num_videos": num_videos, "seed": seed, "height": height, "width": width, "fps": fps,
             "min_seconds": min_seconds, "max_seconds": max_seconds, "test_fraction": test_fraction}
     meta = _existing(out, args)
@@ -249,8 +251,6 @@ def make_synthetic(out_dir: str | Path, num_videos: int = 500, seed: int = 0, *,
 
 
 def _run_all(jobs: list[_Job], workers: int, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(jobs), desc="synthetic videos", unit="video", disable=not progress)
     try:
         if workers <= 1:

@@ -7,8 +7,11 @@ Why it looks like this:
   direction), because training flips clips.
 - Every motion has ONE natural speed, jittered per video by ``speed_factor`` (a time warp of the trajectory):
   pace prediction is only learnable when a clip's natural speed is predictable.
-- Speeds are in frame heights, so motion stays visible when the demo downsizes to ~32 px, and every periodic
-  motion lasts >= 40 frames so pace 4 (10 samples a period) still looks like coherent, faster motion.
+- Speeds are in frame heights (~0.01-0.04 per frame), so motion stays visible when the demo downsizes to
+  ~32 px, and every periodic motion lasts >= 40 frames so pace 4 (10 samples a period) still looks like
+  coherent, faster motion.
+- Most classes also move the camera (background) with the class motion: with objects alone too few pixels
+  move for pace to be learnt quickly.
 """
 
 from __future__ import annotations
@@ -39,16 +42,16 @@ _ZOOM = 0.04  # zoom rate, log-scale per frame
 _PERIODS = {"Oscillate": 40.0, "Bounce": 44.0, "Orbit": 60.0, "Spin": 50.0, "Blink": 40.0, "Breathe": 40.0}
 
 MOTIONS: tuple[MotionClass, ...] = (
-    MotionClass("Rising", _V, "frame heights per frame", "objects move up and wrap around"),
-    MotionClass("Falling", _V, "frame heights per frame", "objects move down and wrap around"),
-    MotionClass("ZoomIn", _ZOOM, "log-scale per frame", "objects fly out of a centre, growing"),
-    MotionClass("ZoomOut", _ZOOM, "log-scale per frame", "objects fly into a centre, shrinking"),
-    MotionClass("Oscillate", _PERIODS["Oscillate"], "frames per period", "vertical sine oscillation"),
+    MotionClass("Rising", _V, "frame heights per frame", "the scene scrolls up, objects wrap around"),
+    MotionClass("Falling", _V, "frame heights per frame", "the scene scrolls down, objects wrap around"),
+    MotionClass("ZoomIn", _ZOOM, "log-scale per frame", "objects fly out of a centre; endless zoom in"),
+    MotionClass("ZoomOut", _ZOOM, "log-scale per frame", "objects fly into a centre; endless zoom out"),
+    MotionClass("Oscillate", _PERIODS["Oscillate"], "frames per period", "vertical sine; camera too"),
     MotionClass("Bounce", _PERIODS["Bounce"], "frames per period", "parabolic hops off the floor"),
-    MotionClass("Orbit", _PERIODS["Orbit"], "frames per period", "circles, cw or ccw per video"),
-    MotionClass("Spin", _PERIODS["Spin"], "frames per period", "rotation in place, cw or ccw per object"),
+    MotionClass("Orbit", _PERIODS["Orbit"], "frames per period", "circles, cw or ccw per video; camera too"),
+    MotionClass("Spin", _PERIODS["Spin"], "frames per period", "rotation in place, cw/ccw; camera rocks"),
     MotionClass("Blink", _PERIODS["Blink"], "frames per period", "objects fade out and in"),
-    MotionClass("Breathe", _PERIODS["Breathe"], "frames per period", "objects shrink and grow"),
+    MotionClass("Breathe", _PERIODS["Breathe"], "frames per period", "objects shrink and grow; camera zooms"),
 )
 
 
@@ -171,8 +174,7 @@ def _trajectories(name: str, rng: np.random.Generator, tau: np.ndarray, objs: li
 
     ``tau`` [T, 1] is time warped by the video's speed factor. The camera follows the class motion at half the
     objects' amplitude (parallax), except Rising/Falling where all scrolls together; Bounce and Blink keep a
-    still background.
-    Moving backgrounds matter: with objects alone, too few pixels move for pace to be learnt quickly."""
+    still background."""
     k = len(objs)
     r = np.array([o.radius for o in objs]) * h
     shape = (tau.shape[0], k)

@@ -30,7 +30,8 @@ class TrainResult:
 
     def __str__(self) -> str:
         m = self.metrics
-        keys = [k for k in ("step", "epoch", "loss", "pace_acc", "world_size", "skipped_total") if k in m]
+        accs = sorted(k for k in m if k.endswith("acc"))
+        keys = [k for k in ("step", "epoch", "loss", *accs, "world_size", "skipped_total") if k in m]
         shown = ", ".join(f"{k}={m[k]:.4g}" if isinstance(m[k], float) else f"{k}={m[k]}" for k in keys)
         return f"run {self.run_dir}\n  last checkpoint {self.checkpoint}\n  {shown}"
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from vpace.config import Config, ConfigError, _deep_merge, from_dict, load_config, resolve_config_path
+from vpace.config import Config, ConfigError, deep_merge, from_dict, load_config, resolve_config_path
 
 SECTIONS = ("base", "set", "proxy", "space", "tune")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform")
@@ -97,7 +97,7 @@ class SearchSpec:
 
     def trial_config(self, params: dict[str, Any]) -> Config:
         """The pre-training config of one trial (dotted params over the base); validated."""
-        return load_config(data=_deep_merge(self.base, nest(params)))
+        return load_config(data=deep_merge(self.base, nest(params)))
 
     def base_config(self) -> Config:
         return load_config(data=self.base)
@@ -167,7 +167,7 @@ def _numeric(tp: Any) -> bool:
 def _check_values(base: dict[str, Any], assignment: dict[str, Any], entry: str, what: str, path: str) -> None:
     """Apply `assignment` to the base config and validate; the error names the entry and the value."""
     try:
-        load_config(data=_deep_merge(base, nest(assignment)))
+        load_config(data=deep_merge(base, nest(assignment)))
     except ConfigError as e:
         raise SearchSpaceError(entry, f"{what} is not a valid config: {e}", path) from None
 
@@ -317,7 +317,7 @@ def load_spec(path: str | Path, *, name: str | None = None, overrides: list[str]
     base_path = _resolve_base(raw.get("base", "smoke"), path)
     try:
         cfg = load_config(base_path, overrides=list(overrides),  # `--set` wins over `set:`
-                          data=_deep_merge(nest({str(k): v for k, v in fixed.items()}), {"proxy": proxy}))
+                          data=deep_merge(nest({str(k): v for k, v in fixed.items()}), {"proxy": proxy}))
         tune_settings = from_dict(TuneSettings, raw.get("tune") or {}, "tune.")
     except ConfigError as e:
         if isinstance(e, SearchSpaceError):
