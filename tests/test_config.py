@@ -11,7 +11,8 @@ from vpace.config import Config, ConfigError, load_config, parse_fraction_list
 
 def test_defaults_are_the_papers_recipe() -> None:
     cfg = load_config()
-    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.epochs, cfg.optim.lr_step_epochs) == (1e-3, 0.9, 18, 6)
+    o = cfg.optim
+    assert (o.lr, o.momentum, o.epochs, o.lr_step_epochs) == (1e-3, 0.9, 18, 6)
     assert (cfg.pace.lambda_cls, cfg.pace.lambda_ctr) == (1.0, 0.1)
     assert cfg.augment.crop == 112 and (cfg.data.height, cfg.data.width) == (128, 171)
 

@@ -67,12 +67,11 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_retrieve(a: argparse.Namespace) -> int:
-    from vpace.eval.retrieval import format_table, retrieve
+    from vpace.eval.retrieval import retrieve
 
-    res = retrieve(a.checkpoint, data=a.data, split_id=a.split_id, layers=a.layers.split(","),
-                   baseline=a.baseline, backbone=a.backbone, out_dir=a.out, num_clips=a.num_clips,
-                   batch_size=a.batch_size, num_workers=a.workers)
-    print(format_table(res["rows"], res["ks"]))
+    retrieve(a.checkpoint, data=a.data, split_id=a.split_id, layers=a.layers.split(","),
+             baseline=a.baseline, backbone=a.backbone, out_dir=a.out, num_clips=a.num_clips,
+             batch_size=a.batch_size, num_workers=a.workers)  # prints the table itself
     return 0
 
 

@@ -1,34 +1,21 @@
 """Evaluation: retrieval, fine-tuning / probes, attention maps, embeddings, speed plots, reports.
 
-Heavy modules (Ray, matplotlib) load on first use, so ``import vpace.eval`` stays cheap for the CLI.
 One plain function per CLI verb: ``retrieve``, ``finetune`` (+ ``linear_probe``, ``knn_classify``),
-``attention``, ``embed`` / ``embed_to_file``, ``speed``, ``write_report``.
+``attention``, ``embed`` / ``embed_to_file``, ``speed``, ``write_report``. Imported eagerly on purpose: three
+of them share their module's name (``attention``, ``embed``, ``speed``), and a lazy package attribute would
+turn into the submodule as soon as anything imported it. Ray and the data loaders still load on first use.
 """
 
-from __future__ import annotations
+from vpace.eval.attention import attention
+from vpace.eval.embed import embed, embed_to_file
+from vpace.eval.features import extract_features
+from vpace.eval.finetune import finetune
+from vpace.eval.loading import load_model
+from vpace.eval.metrics import topk_retrieval
+from vpace.eval.probes import knn_classify, linear_probe
+from vpace.eval.report import write_report
+from vpace.eval.retrieval import retrieve
+from vpace.eval.speed import speed
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "retrieve": "vpace.eval.retrieval",
-    "finetune": "vpace.eval.finetune",
-    "linear_probe": "vpace.eval.probes",
-    "knn_classify": "vpace.eval.probes",
-    "attention": "vpace.eval.attention",
-    "embed": "vpace.eval.embed",
-    "embed_to_file": "vpace.eval.embed",
-    "speed": "vpace.eval.speed",
-    "write_report": "vpace.eval.report",
-    "load_model": "vpace.eval.loading",
-    "extract_features": "vpace.eval.features",
-    "topk_retrieval": "vpace.eval.metrics",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'vpace.eval' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__all__ = ["attention", "embed", "embed_to_file", "extract_features", "finetune", "knn_classify",
+           "linear_probe", "load_model", "retrieve", "speed", "topk_retrieval", "write_report"]

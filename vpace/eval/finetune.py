@@ -152,7 +152,7 @@ def evaluate_classifier(
 
 def finetune_config(
     source: str | None, *, init: str | None, backbone: str | None, data: str | None, storage: str,
-    lr: float | None, epochs: int | None, overrides: Sequence[str],
+    lr: float | None, epochs: int | None, overrides: Sequence[str], split_id: int | None = None,
 ) -> Config:
     """The pre-training run's config (same augmentation + schedule) with the fine-tune lr of §4.1.
 
@@ -172,6 +172,8 @@ def finetune_config(
                              "run": {"name": "finetune", "storage": storage}}
     if data:
         patch["data"]["index"] = data
+    if split_id is not None:
+        patch["data"]["split_id"] = split_id
     if epochs:
         patch["optim"]["epochs"] = epochs
         patch["optim"]["lr_step_epochs"] = min(cfg.optim.lr_step_epochs, epochs)
@@ -187,6 +189,7 @@ def finetune(
     checkpoint: str | None,
     *,
     data: str | None = None,
+    split_id: int | None = None,
     backbone: str | None = None,
     lr: float | None = None,
     epochs: int | None = None,
@@ -213,7 +216,7 @@ def finetune(
     rows: list[dict[str, Any]] = []
     for label, src in sources.items():
         cfg = finetune_config(checkpoint, init=src, backbone=backbone, data=data, storage=str(out), lr=lr,
-                              epochs=epochs, overrides=overrides)
+                              epochs=epochs, overrides=overrides, split_id=split_id)
         index = load_index(cfg.data.index, split_id=cfg.data.split_id)
         result = run_task(FinetuneTask(src, len(index.classes), dropout), cfg, address)
         model, _ = load_classifier(result.run_dir)

@@ -71,6 +71,7 @@ def line_plot(
     ylabel: str,
     title: str = "",
     step: bool = False,
+    ylim: tuple[float, float] | None = None,
 ) -> Path:
     """One axes, one line per series; written as PNG."""
     fig, ax = plt.subplots(figsize=(8, 3.5), dpi=DPI)
@@ -80,6 +81,8 @@ def line_plot(
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     if len(series) > 1:
         ax.legend()
     ax.grid(alpha=0.3)

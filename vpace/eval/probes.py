@@ -61,11 +61,11 @@ def knn_scores(train: FeatureSet, test: FeatureSet, num_classes: int, *, k: int 
             "clip_acc": acc["clip_acc"], "num_videos": int(n)}
 
 
-def _run(kind: str, checkpoint: str | None, *, data: str | None, backbone: str | None, layer: str,
-         baseline: str | None, out_dir: str | None, cache_dir: str | None, batch_size: int, num_workers: int,
-         seed: int, progress: bool, **kw: Any) -> dict[str, Any]:
+def _run(kind: str, checkpoint: str | None, *, data: str | None, split_id: int, backbone: str | None,
+         layer: str, baseline: str | None, out_dir: str | None, cache_dir: str | None, batch_size: int,
+         num_workers: int, seed: int, progress: bool, **kw: Any) -> dict[str, Any]:
     """Shared body of the two probes; ``kw`` are the probe's own settings (recorded in the JSON)."""
-    ev = setup_eval(checkpoint, backbone=backbone, baseline=baseline, seed=seed, data=data)
+    ev = setup_eval(checkpoint, backbone=backbone, baseline=baseline, seed=seed, data=data, split_id=split_id)
     num_classes = len(ev.train.classes)
     fn = linear_probe_scores if kind == "linear_probe" else knn_scores
     rows, skipped = [], []
@@ -92,6 +92,7 @@ def linear_probe(
     checkpoint: str | None,
     *,
     data: str | None = None,
+    split_id: int = 1,
     backbone: str | None = None,
     layer: str = "p5",
     baseline: str | None = None,
@@ -112,6 +113,7 @@ def knn_classify(
     checkpoint: str | None,
     *,
     data: str | None = None,
+    split_id: int = 1,
     backbone: str | None = None,
     layer: str = "p5",
     k: int = 20,

@@ -83,6 +83,7 @@ def speed(
     centers = (starts + spec.clip_len / 2) / fps
     png = line_plot(centers, {"predicted pace": pred.numpy(), "expected pace": expected.numpy()},
                     out / f"speed_{stem}.png", xlabel="time (s)", ylabel="pace",
+                    ylim=(float(values.min()) - 0.25, float(values.max()) + 0.25),
                     title=f"{Path(video).name}: predicted playback pace per {spec.clip_len}-frame segment")
     print(f"wrote {csv_path} and {png} ({len(rows)} segments)")
     return {"csv": str(csv_path), "png": str(png), "segments": len(rows),

@@ -234,7 +234,7 @@ class WorkerLoop:
         total = planned_steps(self.n_items, self.batch * world, world, self.st, o)
         self.log_every = max(1, min(20, total // 50))
         self.progress = Progress(Path(run_dir) if not is_remote(run_dir) else Path.cwd() / "progress", total,
-                                 self.st.step, enabled=rank == 0)
+                                 self.st.step, enabled=rank == 0, desc=task.name)
         self.flusher = Flusher(device)
         self.step_times: list[float] = []  # compute + data wait of each step of this attempt
         self.step_ends: list[float] = []  # wall clock after each step, reports included

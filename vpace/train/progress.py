@@ -59,13 +59,14 @@ def _bar_text(m: dict[str, float]) -> str:
 class Progress:
     """Rank-0 progress: bar + TensorBoard while training; CSVs rewritten from history at each epoch end."""
 
-    def __init__(self, out_dir: Path | None, total_steps: int, initial_step: int, enabled: bool) -> None:
+    def __init__(self, out_dir: Path | None, total_steps: int, initial_step: int, enabled: bool,
+                 desc: str = "train") -> None:
         self.enabled, self.out_dir = enabled, out_dir
         self.bar: Any = None
         self.tb: Any = None
         if not enabled:
             return
-        self.bar = _make_bar(total_steps, initial_step)
+        self.bar = _make_bar(total_steps, initial_step, desc)
         if out_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -117,13 +118,13 @@ class _Lines:
         self.stream.flush()
 
 
-def _make_bar(total: int, initial: int) -> Any:
+def _make_bar(total: int, initial: int, desc: str) -> Any:
     """tqdm on rank 0: a progress line every few seconds (whole lines, see `_Lines`)."""
     import sys
 
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", desc="pretrain", file=_Lines(sys.stderr),
+    return tqdm(total=total, initial=initial, unit="step", desc=desc, file=_Lines(sys.stderr),
                 mininterval=5.0, ncols=110, ascii=True)
 
 
