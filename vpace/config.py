@@ -189,14 +189,13 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, name)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass  # try the next member; the error below names the whole union
         raise ConfigError(name, f"expected {tp}, got {value!r}")
     if origin is tuple:
         args = typing.get_args(tp)
