@@ -5,19 +5,22 @@ uint8 in, random crop/flip per clip and ColorJitter(0.8, 0.8, 0.8, 0.2) with p=0
 (``vpace.augment.sample_params``), Kinetics normalization, fp32 and bf16 out.
 
 Providers: ``eager_reference`` (``pace_jitter_reference``: a Python loop over frames with
-``torchvision.transforms.v2.functional``), ``fused_cpu`` (``backend="cpu"``: all frames at once,
-``torch.compile``'d), ``eager_vectorized`` (``backend="cpu_eager"``: the same code as fused_cpu, not
-compiled), ``triton`` (CUDA only). Time is recorded as wall time with torch's default threads and as process
-CPU time with one thread (the stable number on a shared, oversubscribed machine); the 1-minute load average
-is recorded too. ``fused_cpu``'s first call (compilation, or the inductor cache load) is a separate metric.
+``torchvision.transforms.v2.functional``), ``fused_cpu`` (``backend="cpu"``: the C kernel of
+``kernels/pace_jitter_cpu.py``, per-frame branches, threads over frames), ``fused_cpu_no_jitter`` (the same
+kernel with ``center_params``, i.e. the eval transform: gather + crop + normalize), ``eager_vectorized``
+(``backend="cpu_eager"``: the plain-torch fallback, frames grouped by op order), ``triton`` (CUDA only).
+Every call allocates its output, as the op does. Time is recorded as wall time with torch's default threads
+and as process CPU time (user + system, so page faults count) with one thread, the steadier number on a
+shared machine; the 1-minute load average is recorded too. ``fused_cpu``'s first call (building the C
+kernel, ~0.5 s, or loading it from the disk cache) is a separate metric.
 
-Bytes moved per clip (T output frames of h x w, F unique decoded frames, o = output bytes per element):
+Bytes moved per clip from/to memory (T output frames of h x w, F unique decoded frames, o = output bytes per
+element; on top of any version, the OS zero-fills the fresh output's pages once, another 3*h*w*T*o):
   * floor (any implementation): read the unique frames' crops once + write the output = 3*h*w*(F + T*o).
   * Triton kernel: 3*h*w*(T + T*o) from DRAM: each output frame's crop is read by its own program (a slow-pace
     repeat is read again, usually from L2), pass 1 (gray mean) re-reads the same 3*h*w bytes from L1/L2.
-  * fused CPU: the gather reads the T crops and writes them interleaved then planar (4 * 3*h*w*T uint8), the
-    two compiled passes read them (2 * 3*h*w*T) and write the output -> 3*h*w*T*(6 + o); inductor's float
-    temporaries stay within ~2-clip chunks (cache-sized).
+  * fused CPU: the same 3*h*w*(T + T*o): each output frame's crop is read once into a per-thread float frame
+    buffer (L2-resident, 12*h*w bytes), which pass 2 reads back; the output is written once.
   * eager reference: measured, not estimated - every aten op's tensor inputs + outputs are summed by a
     TorchDispatchMode over one clip (views count 0, in-place ops count their operands).
 """
@@ -100,29 +103,41 @@ def _row(provider: str, metric: str, value, shape: str = SHAPE, **kw) -> dict:
 
 def _cpu_rows(quick: bool = False) -> list[dict]:
     from kernels.pace_jitter import pace_jitter, pace_jitter_reference
+    from vpace.augment import center_params
 
     frames, index_map, params = _inputs()
-    call = lambda backend, dt: pace_jitter(frames, index_map, params, MEAN, STD, dt, backend=backend)  # noqa: E731
+    center = center_params(B, T, H, W, crop=CROP)
+    call = lambda backend, dt, p=params: pace_jitter(frames, index_map, p, MEAN, STD, dt, backend=backend)  # noqa: E731
     t0 = time.perf_counter()
     for dt in DTYPES.values():
         call("cpu", dt)
     rows = [_row("fused_cpu", "first_call_s", f"{time.perf_counter() - t0:.2f}")]
-    ref = lambda: pace_jitter_reference(frames, index_map, params, MEAN, STD)  # noqa: E731
-    ref_wall, _ = _timed(ref)
-    _, ref_cpu = _timed(ref, threads=1)
-    rows += [_row("eager_reference", "wall_s", f"{ref_wall:.4f}"), _row("eager_reference", "cpu_s_1thread",
-                                                                        f"{ref_cpu:.4f}")]
-    providers = [("fused_cpu", "cpu")] + ([] if quick else [("eager_vectorized", "cpu_eager")])
-    for name, backend in providers:
-        for tag, dt in DTYPES.items():
-            if backend == "cpu_eager" and tag != "fp32":
-                continue
-            wall, _ = _timed(lambda b=backend, d=dt: call(b, d), repeat=3)
-            _, cpu = _timed(lambda b=backend, d=dt: call(b, d), threads=1, repeat=3)
-            p = f"{name}_{tag}"
-            rows += [_row(p, "wall_s", f"{wall:.4f}"), _row(p, "cpu_s_1thread", f"{cpu:.4f}"),
-                     _row(p, "speedup_vs_reference_wall_x", f"{ref_wall / wall:.2f}"),
-                     _row(p, "speedup_vs_reference_cpu_1thread_x", f"{ref_cpu / cpu:.2f}")]
+    records = {"jitter": params, "no_jitter": center}
+    refs, expect = {}, {}  # per record: reference (wall, cpu 1 thread), reference output
+    for rec, p in records.items():
+        ref = lambda p=p: pace_jitter_reference(frames, index_map, p, MEAN, STD)  # noqa: E731
+        refs[rec] = (_timed(ref, repeat=2)[0], _timed(ref, threads=1, repeat=3)[1])
+        expect[rec] = ref()
+        name = "eager_reference" + ("" if rec == "jitter" else "_no_jitter")
+        rows += [_row(name, "wall_s", f"{refs[rec][0]:.4f}"),
+                 _row(name, "cpu_s_1thread", f"{refs[rec][1]:.4f}")]
+    fp32 = {"fp32": torch.float32}
+    cases = [("fused_cpu", "cpu", "jitter", DTYPES), ("fused_cpu_no_jitter", "cpu", "no_jitter", fp32)]
+    if not quick:
+        cases.append(("eager_vectorized", "cpu_eager", "jitter", fp32))
+    std = torch.tensor(STD).view(1, 3, 1, 1, 1)
+    for name, backend, rec, dtypes in cases:  # each vs the reference on the same record
+        ref_wall, ref_cpu = refs[rec]
+        for tag, dt in dtypes.items():
+            fn = lambda b=backend, d=dt, p=records[rec]: call(b, d, p)  # noqa: E731
+            wall, _ = _timed(fn, repeat=3 if backend == "cpu" else 2)
+            _, cpu = _timed(fn, threads=1, repeat=3 if backend == "cpu" else 2)
+            err = ((fn().float() - expect[rec]) * std).abs().max().item()  # 0..1 pixel units
+            name_tag = f"{name}_{tag}"
+            rows += [_row(name_tag, "wall_s", f"{wall:.4f}"), _row(name_tag, "cpu_s_1thread", f"{cpu:.4f}"),
+                     _row(name_tag, "speedup_vs_reference_wall_x", f"{ref_wall / wall:.2f}"),
+                     _row(name_tag, "speedup_vs_reference_cpu_1thread_x", f"{ref_cpu / cpu:.2f}"),
+                     _row(name_tag, "max_abs_err_vs_reference", f"{err:.2e}")]
     rows.append(_row("machine", "loadavg_1min", f"{os.getloadavg()[0]:.1f}"))
     return rows
 
@@ -165,7 +180,7 @@ def _bytes_rows() -> list[dict]:
     for tag, o in (("fp32", 4), ("bf16", 2)):
         rows += [_row(f"floor_{tag}", "bytes_per_clip", px * (F + T * o), shape=shape),
                  _row(f"triton_{tag}", "bytes_per_clip", px * T * (1 + o), shape=shape),
-                 _row(f"fused_cpu_{tag}", "bytes_per_clip", px * T * (6 + o), shape=shape)]
+                 _row(f"fused_cpu_{tag}", "bytes_per_clip", px * T * (1 + o), shape=shape)]
     return rows
 
 

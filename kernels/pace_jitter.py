@@ -18,7 +18,8 @@ Three implementations of one contract:
   * ``_pace_jitter_kernel``: one Triton launch, a program per output frame (b, t): pass 1 over the frame for
     the gray mean before contrast, pass 2 applies everything and stores. CUDA tensors, and CPU tensors under
     ``TRITON_INTERPRET=1`` (tests).
-  * ``pace_jitter_cpu``: all frames at once in torch, ``torch.compile``'d (the CPU path).
+  * ``pace_jitter_cpu`` (``kernels/pace_jitter_cpu.py``): the same two passes per frame as a small C kernel
+    built on first use, threads over frames; plain-torch fallback ``backend="cpu_eager"``.
 
 No autograd: this is input preprocessing of uint8 video, there is nothing upstream to differentiate.
 Bytes moved per version: see ``benchmarks/kernels_jitter.py``.
@@ -27,16 +28,16 @@ Bytes moved per version: see ``benchmarks/kernels_jitter.py``.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.pace_jitter_cpu import BRIGHTNESS, CONTRAST, HUE, SATURATION, pace_jitter_cpu
+
 __all__ = ["JitterParams", "pace_jitter", "pace_jitter_reference", "KERNEL_CONFIGS", "aot_compile_configs",
            "validate", "BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"]
 
-BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 _OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TL_OUT = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
 # Shipped launch configs (autotune does not work under the interpreter, so configs are fixed and chosen by
@@ -314,161 +315,6 @@ def _pace_jitter_triton(frames, index_map, params, mean_t, std_t, out_dtype, con
     return out
 
 
-# ----------------------------------------------------------------------------------------------- CPU path
-# All B*T frames at once. Every frame's ops are rewritten as a static chain around its single hue op:
-# three "blend" slots before hue, hue, three after (unused slots are exact identities: a = 1, ref weight 0).
-# brightness, contrast and saturation are torchvision's clamp(a*x + (1-a)*ref) with ref = 0, the frame's gray
-# mean, or the pixel's gray value, so a slot is (a, (1-a)*[op is saturation], (1-a)*[op is contrast]).
-# The same chain with everything from contrast on masked out gives the gray mean contrast needs (pass 1).
-def _clamp01_t(x: torch.Tensor) -> torch.Tensor:
-    return x.clamp(0.0, 1.0)
-
-
-def _gray_t(r, g, b):
-    return r * 0.2989 + g * 0.587 + b * 0.114
-
-
-def _hue_t(r, g, b, hue6):
-    """Hue rotation in sextants: equal to torchvision's HSV round trip up to float rounding (~1e-6)."""
-    maxc = torch.maximum(r, torch.maximum(g, b))
-    minc = torch.minimum(r, torch.minimum(g, b))
-    chroma = maxc - minc
-    inv = 1.0 / torch.where(chroma == 0, 1.0, chroma)
-    is_r = maxc == r
-    is_g = (maxc == g) & ~is_r
-    h6 = torch.where(is_r, (g - b) * inv, torch.where(is_g, 2.0 + (b - r) * inv, 4.0 + (r - g) * inv)) + hue6
-    h6 = h6 - 6.0 * torch.floor(h6 * (1.0 / 6.0))  # wrap into [0, 6)
-
-    def channel(n: float):
-        k = h6 + n
-        k = torch.where(k >= 6.0, k - 6.0, k)
-        return maxc - chroma * _clamp01_t(torch.minimum(k, 4.0 - k))
-
-    return channel(5.0), channel(3.0), channel(1.0)
-
-
-def _chain(r, g, b, slots, hue_on, hue6, mean):
-    """slots [B, T, 2, n, 3]: (before/after hue, slot, (a, sat weight, contrast weight)); hue_on [B, T, 1]."""
-    for side in range(2):
-        if side == 1:
-            r2, g2, b2 = _hue_t(r, g, b, hue6)
-            r, g, b = torch.where(hue_on, r2, r), torch.where(hue_on, g2, g), torch.where(hue_on, b2, b)
-        for j in range(slots.shape[-2]):
-            c = slots[..., side, j, :]
-            a, ref = c[..., 0:1], c[..., 1:2] * _gray_t(r, g, b) + c[..., 2:3] * mean
-            r, g, b = _clamp01_t(r * a + ref), _clamp01_t(g * a + ref), _clamp01_t(b * a + ref)
-    return r, g, b
-
-
-def _unit(x: torch.Tensor):
-    x = x.float() * (1.0 / 255.0)
-    return x[:, 0], x[:, 1], x[:, 2]
-
-
-def _cpu_gray_mean(x, slots_pre, hue_on_pre, hue6):
-    """Pass 1: gray mean of each frame as contrast sees it (chain with contrast and later ops masked out)."""
-    r, g, b = _chain(*_unit(x), slots_pre, hue_on_pre, hue6, torch.zeros_like(hue6))
-    return _gray_t(r, g, b).mean(dim=-1, keepdim=True)
-
-
-def _cpu_apply(x, slots, hue_on, hue6, gm, mean, std, out: torch.Tensor) -> None:
-    """Pass 2: x uint8 [B, 3, T, P] -> normalized into ``out`` [B, 3, T, P] (written in place, no copy)."""
-    r, g, b = _chain(*_unit(x), slots, hue_on, hue6, gm)
-    inv = 1.0 / std
-    out.copy_(torch.stack([(c - mean[i]) * inv[i] for i, c in enumerate((r, g, b))], dim=1))
-
-
-def _cpu_coefficients(params: JitterParams) -> tuple[torch.Tensor, ...]:
-    """Per-frame slot coefficients of the static chain, for the main pass and the gray-mean pass."""
-    B, T = params.apply.shape
-    order = params.order.reshape(B * T, 4).long()
-    fac = params.factors.reshape(B * T, 4).float()
-    apply = params.apply.reshape(B * T, 1)
-    a = torch.gather(fac, 1, order)  # factor at each position
-    coef = torch.stack([a, (order == SATURATION) * (1 - a), (order == CONTRAST) * (1 - a)], dim=-1)
-    identity = torch.tensor([1.0, 0.0, 0.0])
-    pos = torch.arange(4)
-    hue_pos = (order == HUE).int().argmax(1, keepdim=True)
-    con_pos = (order == CONTRAST).int().argmax(1, keepdim=True)
-    linear = apply & (order != HUE)
-
-    def slots(before: torch.Tensor, after: torch.Tensor, n: int) -> torch.Tensor:
-        cb = torch.where(before[..., None], coef, identity)
-        ca = torch.where(after[..., None], coef, identity)
-        return torch.stack([cb[:, :n], ca[:, 1:1 + n]], dim=1)  # before hue: positions 0.., after: 1..
-
-    # Position 3 is never before hue; before contrast, a slot is also before hue only at positions 0-1 and
-    # after it only at 1-2 (hue and contrast cannot both sit at 3), so pass 1 needs 2 + 2 slots, pass 2 3 + 3.
-    pre_hue, post_hue, pre_con = linear & (pos < hue_pos), linear & (pos > hue_pos), pos < con_pos
-    out = (slots(pre_hue, post_hue, 3), apply, slots(pre_hue & pre_con, post_hue & pre_con, 2),
-           apply & (hue_pos < con_pos), fac[:, 3:] * 6.0)
-    return tuple(t.view(B, T, *t.shape[1:]) for t in out)
-
-
-def _cpu_gather(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams) -> torch.Tensor:
-    """Pace gather + crop + flip of the uint8 frames into the output's layout [B, 3, T, h*w] (bytes)."""
-    B, T = index_map.shape
-    h, w = params.crop_hw
-    out = torch.empty(B, T, h, w, 3, dtype=torch.uint8)
-    for b, ((y0, x0), flip) in enumerate(zip(params.crop_yx.tolist(), params.flip.tolist(), strict=True)):
-        crop = frames[b, :, y0:y0 + h, x0:x0 + w]
-        torch.index_select(crop.flip(2) if flip else crop, 0, index_map[b], out=out[b])
-    return out.permute(0, 4, 1, 2, 3).contiguous().view(B, 3, T, h * w)
-
-
-_COMPILED: dict = {}
-
-
-def _cpu_impl(compiled: bool):
-    """(pass 1, pass 2), each torch.compile'd once with dynamic shapes on first use."""
-    if not compiled:
-        return _cpu_gray_mean, _cpu_apply
-    if "fns" not in _COMPILED:
-        _COMPILED["fns"] = tuple(torch.compile(f, dynamic=True) for f in (_cpu_gray_mean, _cpu_apply))
-    return _COMPILED["fns"]
-
-
-def _chunks(B: int, T: int, frames_per_chunk: int = 32) -> list[slice]:
-    """Clip ranges of ~frames_per_chunk frames: inductor keeps a few float planes per chunk in memory, and at
-    this size they stay in cache. No chunk of one clip unless B == 1 (size 1 would trigger a recompile)."""
-    k = max(2, frames_per_chunk // max(T, 1))
-    starts = list(range(0, B, k))
-    if len(starts) > 1 and B - starts[-1] == 1:
-        starts.pop()
-    return [slice(a, b) for a, b in zip(starts, starts[1:] + [B], strict=True)]
-
-
-def pace_jitter_cpu(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams, mean_t: torch.Tensor,
-                    std_t: torch.Tensor, out_dtype: torch.dtype, *, compiled: bool = True) -> torch.Tensor:
-    """Fast CPU path (arguments already validated). ``compiled=False`` runs the same code eagerly.
-
-    Measured on 30 clips x 16 frames x 112x112 (benchmarks/kernels_jitter.py): the compiled chain is several
-    times faster than the per-frame reference, the same code run eagerly is slower than it (~25 full-size
-    float temporaries per op chain), so compiled is the default; if compilation fails (no C++ compiler) the
-    eager version is used with a warning.
-    """
-    B, T = index_map.shape
-    h, w = params.crop_hw
-    x = _cpu_gather(frames, index_map, params)
-    coefficients = _cpu_coefficients(params)
-    out = torch.empty(B, 3, T, h * w, dtype=out_dtype)
-    for sl in _chunks(B, T):
-        slots, hue_on, slots_pre, hue_on_pre, hue6 = (c[sl] for c in coefficients)
-        try:
-            gray_mean, apply = _cpu_impl(compiled)
-            gm = gray_mean(x[sl], slots_pre, hue_on_pre, hue6)
-            apply(x[sl], slots, hue_on, hue6, gm, mean_t, std_t, out[sl])
-        except Exception as e:  # noqa: BLE001 - inductor raises many types; eager below re-raises real errors
-            if not compiled or _COMPILED.get("ok"):
-                raise
-            warnings.warn(f"pace_jitter: torch.compile failed ({type(e).__name__}: {e}); using the eager CPU "
-                          "path, which is slower", RuntimeWarning, stacklevel=2)
-            _COMPILED["fns"] = (_cpu_gray_mean, _cpu_apply)
-            return pace_jitter_cpu(frames, index_map, params, mean_t, std_t, out_dtype, compiled=True)
-        _COMPILED["ok"] = compiled
-    return out.view(B, 3, T, h, w)
-
-
 def _interpreted() -> bool:
     """True when the kernel can run in Triton's interpreter: TRITON_INTERPRET was set before *triton* was
     first imported (triton.language's own @jit helpers such as tl.sum are decorated at that import)."""
@@ -482,8 +328,9 @@ def pace_jitter(frames: torch.Tensor, index_map: torch.Tensor, params: JitterPar
                 out_dtype: torch.dtype = torch.float32, *, backend: str | None = None) -> torch.Tensor:
     """uint8 ``[B, F, H, W, 3]`` frames -> normalized, jittered clip ``[B, 3, T, h, w]`` of ``out_dtype``.
 
-    ``backend=None`` picks: CUDA tensors -> the Triton kernel; CPU tensors -> the fused CPU path, or the
-    Triton kernel itself when Triton's interpreter is active (``TRITON_INTERPRET=1`` before import; slow).
+    ``backend=None`` picks: CUDA tensors -> the Triton kernel; CPU tensors -> the fused CPU path ("cpu": the
+    C kernel, falling back to "cpu_eager", plain torch, when no C compiler works), or the Triton kernel itself
+    when Triton's interpreter is active (``TRITON_INTERPRET=1`` before import; slow).
     ``mean``/``std`` default to 0 / 1 (no normalization). Input preprocessing: no autograd.
     """
     if backend is not None and backend not in BACKENDS:
@@ -498,7 +345,7 @@ def pace_jitter(frames: torch.Tensor, index_map: torch.Tensor, params: JitterPar
         return _pace_jitter_triton(frames, index_map, params, mean_t, std_t, out_dtype)
     if frames.is_cuda:
         raise ValueError(f"backend: {backend!r} is the CPU path, but frames are on {frames.device}")
-    return pace_jitter_cpu(frames, index_map, params, mean_t, std_t, out_dtype, compiled=backend == "cpu")
+    return pace_jitter_cpu(frames, index_map, params, mean_t, std_t, out_dtype, native=backend == "cpu")
 
 
 def kernel_signature(out_dtype: torch.dtype = torch.float32) -> dict[str, str]:

@@ -7,6 +7,8 @@ as invalid instead of decoding to index 0. ``decode_index(frame)`` reads it back
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import av
@@ -135,3 +137,12 @@ def coded_tree(tmp_path_factory) -> Path:
     write_coded_video(root / "a" / "a2.mp4", 9)
     write_coded_video(root / "b" / "b1.mp4", 60)
     return root
+
+
+@pytest.fixture
+def ray_tmpdir():
+    """A short RAY_TMPDIR for a Ray started in a subprocess (Ray's socket paths are limited to 107 bytes,
+    which pytest's tmp_path can exceed), removed afterwards."""
+    path = tempfile.mkdtemp(prefix="vpray")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -8,6 +8,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from kernels import contrastive as C  # noqa: E402
+from kernels import contrastive_cpu as CC  # noqa: E402
 
 _NOT_INTERPRETED = "kernels.contrastive was imported before TRITON_INTERPRET=1 was set"
 BACKENDS = [pytest.param("triton", marks=pytest.mark.skipif(not C._interpreted(), reason=_NOT_INTERPRETED)),
@@ -138,7 +139,7 @@ def test_gradcheck_float64(backend):
 
 def test_chunked_path_with_many_tiles(monkeypatch):
     """A small tile forces many row/key/queue tiles, with the diagonal crossing tile borders."""
-    monkeypatch.setattr(C, "_TILE", 48)
+    monkeypatch.setattr(CC, "_TILE", 48)
     q, k, labels, qu = _inputs(300, 24, n_labels=40, queue=150)
     _check(q, k, labels, "chunked", queue=qu)
 

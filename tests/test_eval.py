@@ -156,6 +156,9 @@ def test_activation_attention_is_sum_of_squares_over_channels() -> None:
     assert torch.allclose(att, torch.tensor([[0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0], [16 / 25, 0, 0, 0]]))
     big = activation_attention(conv5, (32, 32))[0]
     assert big.shape == (32, 32) and float(big.max()) == 1.0 and float(big.min()) == 0.0
+    # a 1x1 conv5 (tiny nets on small crops) has no spatial attention: the map is flat 0, not rounding noise
+    flat = activation_attention(torch.full((2, 8, 2, 1, 1), 0.3) * torch.rand(2, 8, 1, 1, 1), (32, 32))
+    assert torch.equal(flat, torch.zeros(2, 32, 32))
 
 
 def test_attention_png_grid(pace_run, eval_set, tmp_path) -> None:

@@ -217,3 +217,23 @@ def test_weights_path_loads_reference_repo_checkpoint(tmp_path) -> None:
         build_backbone("r21d_tiny", weights_path=tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         build_backbone("r21d_tiny", weights_path=tmp_path / "nope.pt")
+
+
+def test_residual_input_suffix_feeds_frame_differences() -> None:
+    """`<name>+res` is the same network (same state dict) fed x[t+1] - x[t] (last difference repeated)."""
+    torch.manual_seed(0)
+    rgb = build_backbone("r21d_tiny").eval()
+    res = build_backbone("r21d_tiny+res").eval()
+    res.load_state_dict(rgb.state_dict())  # same keys: RGB weights load into the residual variant
+    assert res.residual_input and not rgb.residual_input
+    x = torch.randn(2, 3, 16, 32, 32)
+    d = x[:, :, 1:] - x[:, :, :-1]
+    ref = torch.cat([d, d[:, :, -1:]], dim=2)  # independent of vpace.models.residual_frames
+    with torch.no_grad():
+        torch.testing.assert_close(res(x), rgb(ref))
+        torch.testing.assert_close(res.forward_features(x)["p4"], rgb.forward_features(ref)["p4"])
+        # a static clip has no motion: every residual frame is zero, whatever the appearance
+        still = x[:, :, :1].expand(-1, -1, 16, -1, -1)
+        torch.testing.assert_close(res(still), rgb(torch.zeros_like(x)))
+    with pytest.raises(ValueError, match=r"unknown backbone 'nope\+res'"):
+        build_backbone("nope+res")

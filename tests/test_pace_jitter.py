@@ -14,6 +14,7 @@ import torchvision.transforms.v2 as T2  # noqa: E402
 import torchvision.transforms.v2.functional as TF  # noqa: E402
 
 from kernels import pace_jitter as PJ  # noqa: E402
+from kernels import pace_jitter_cpu as PJC  # noqa: E402
 
 MEAN, STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
 STD_T = torch.tensor(STD).view(1, 3, 1, 1, 1)
@@ -61,7 +62,7 @@ def _run(backend, frames, index_map, params, out_dtype=torch.float32, config=Non
     return PJ.pace_jitter(frames, index_map, params, MEAN, STD, out_dtype, backend=backend)
 
 
-# "cpu" is torch.compile'd once per session (dynamic shapes; all cases keep B, T >= 2: no recompiles).
+# "cpu": the C kernel (built once, sizes are runtime arguments); "cpu_eager": the plain-torch fallback.
 BACKENDS = [pytest.param("triton", marks=needs_interpreter), "cpu", "cpu_eager"]
 
 
@@ -148,7 +149,7 @@ def test_black_and_white_frames(backend):
 
 
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("backend", [pytest.param("triton", marks=needs_interpreter), "cpu_eager"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_half_outputs_within_their_precision(backend, out_dtype):
     frames, index_map, p = _case(seed=5)
     ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)  # fp32 ground truth
@@ -158,14 +159,69 @@ def test_half_outputs_within_their_precision(backend, out_dtype):
     assert ((out.float() - ref).abs() <= eps * ref.abs() + TOL / min(STD)).all()
 
 
-def test_no_jitter_is_crop_flip_normalize():
+@pytest.mark.parametrize("backend", ["cpu", "cpu_eager"])
+def test_no_jitter_is_crop_flip_normalize(backend):
+    """apply all False (the eval transform): gather + crop + flip + normalize only, factors ignored."""
     frames, index_map, p = _case(seed=6)
     p.apply[:] = False
-    out = PJ.pace_jitter(frames, index_map, p, MEAN, STD, backend="cpu_eager")
+    out = PJ.pace_jitter(frames, index_map, p, MEAN, STD, backend=backend)
     x = frames[1, index_map[1, 3]].permute(2, 0, 1).float() / 255
     (top, left), (h, w) = p.crop_yx[1].tolist(), p.crop_hw
     x = x[:, top:top + h, left:left + w].flip(-1)  # clip 1 is flipped
     torch.testing.assert_close(out[1, :, 3], (x - torch.tensor(MEAN)[:, None, None]) / STD_T[0, :, 0])
+    assert _err(out, PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)) <= 1e-6
+
+
+# ----------------------------------------------------------------------------------------- CPU kernel
+@pytest.mark.parametrize("B, F, H, W, T, h, w", [
+    (1, 1, 5, 4, 1, 5, 4),  # one frame, crop = whole frame
+    (2, 2, 3, 1100, 3, 2, 1030),  # rows wider than a tile (1024 pixels), flipped in clip 1
+    (3, 5, 40, 24, 2, 39, 1),  # one-pixel-wide crop
+    (2, 3, 70, 40, 4, 61, 33),  # several tiles of 31 rows, a partial last tile
+])
+def test_cpu_kernel_any_shape(B, F, H, W, T, h, w):
+    """New shapes need no rebuild (sizes are runtime arguments); tile edges, B = 1, T = 1."""
+    frames, index_map, p = _case(B=B, F=F, H=H, W=W, T=T, h=h, w=w, seed=9)
+    ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)
+    assert _err(_run("cpu", frames, index_map.int(), p), ref) <= TOL
+
+
+def test_cpu_kernel_threads_and_strided_input():
+    """Frames split over threads give bit-identical results; a non-contiguous frames view is accepted."""
+    g = torch.Generator().manual_seed(10)
+    big = torch.randint(0, 256, (3, 5, 45, 70, 3), dtype=torch.uint8, generator=g)
+    frames = big[::2, 1:, 2:43, 5:65]
+    frames, index_map, p = _case(frames=frames, T=9, h=37, w=53, seed=10)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run("cpu", frames, index_map, p)
+        torch.set_num_threads(2)
+        two = _run("cpu", frames, index_map, p)
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(one, two)
+    assert _err(one, PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)) <= TOL
+
+
+def test_cpu_kernel_is_cached_on_disk(monkeypatch, tmp_path):
+    monkeypatch.setenv("VPACE_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(PJC, "_LIB", {})
+    assert PJC.native_library() is not None
+    assert len(list(tmp_path.glob("pace_jitter_*.so"))) == 1 and not list(tmp_path.glob("*.c"))
+    monkeypatch.setattr(PJC, "_LIB", {})  # a new process: loads the cached build, compiles nothing
+    monkeypatch.setattr(PJC, "_compile", lambda *a: pytest.fail("recompiled"))
+    assert PJC.native_library() is not None
+
+
+def test_cpu_falls_back_to_eager_without_a_compiler(monkeypatch, tmp_path):
+    monkeypatch.setenv("VPACE_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(PJC, "_LIB", {})
+    frames, index_map, p = _case(T=3, seed=11)
+    with pytest.warns(RuntimeWarning, match="eager torch path"):
+        out = _run("cpu", frames, index_map, p)
+    assert _err(out, PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)) <= TOL
 
 
 # ----------------------------------------------------------------------------------------- bad input

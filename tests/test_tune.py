@@ -11,11 +11,9 @@ import csv
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -156,14 +154,6 @@ def _footprint(exp: Path, trial: str) -> tuple[int, list[str]]:
     """(Tune results of a trial, its Train run's checkpoints): unchanged if the trial was not run again."""
     results = (exp / f"trial_{trial}" / "result.json").read_text().splitlines()
     return len(results), sorted(p.name for p in (exp / "train" / trial).glob("checkpoint_*"))
-
-
-@pytest.fixture
-def ray_tmpdir():
-    """A short RAY_TMPDIR (Ray's socket paths are limited), removed afterwards."""
-    path = tempfile.mkdtemp(prefix="vptune")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -95,7 +95,8 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
 def _cmd_attention(a: argparse.Namespace) -> int:
     from vpace.eval.attention import attention
 
-    res = attention(a.checkpoint, a.videos, paces=a.paces, out=a.out, backbone=a.backbone, start=a.start)
+    res = attention(a.checkpoint, a.videos, paces=a.paces, out=a.out, backbone=a.backbone, start=a.start,
+                    scale=a.scale)
     print(f"wrote {res['png']} ({res['rows']} videos x {res['cols']} paces)")
     return 0
 
@@ -217,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--backbone", default=None)
     p.add_argument("--out", default=None, help="PNG path (default <run>/eval/attention.png)")
+    p.add_argument("--scale", type=int, default=1,
+                   help="decode and crop at N x the run's size (small-crop nets have a 1x1 conv5)")
 
     p = _add(sub, "embed", "features of videos to .npy (for downstream use)", _cmd_embed)
     p.add_argument("checkpoint", help="run dir, checkpoint dir or backbone file")

@@ -74,8 +74,9 @@ def validate(cfg: Config) -> None:
         _check(getattr(a, f) >= 0, f"augment.{f}", "must be >= 0")
     _check(0 <= a.hue <= 0.5, "augment.hue", f"must be in [0, 0.5], got {a.hue}")
     _check(all(v > 0 for v in a.std), "augment.std", "must be > 0")
-    _check(cfg.model.backbone in KNOWN_BACKBONES, "model.backbone",
-           f"unknown backbone {cfg.model.backbone!r} (valid: {', '.join(KNOWN_BACKBONES)})")
+    _check(cfg.model.backbone.removesuffix("+res") in KNOWN_BACKBONES, "model.backbone",
+           f"unknown backbone {cfg.model.backbone!r} (valid: {', '.join(KNOWN_BACKBONES)}, each optionally "
+           "with '+res' for residual-frame input)")
 
     p = cfg.pace
     paces = parse_fraction_list(p.paces, "pace.paces")

@@ -12,6 +12,7 @@ are cached by checkpoint + data digest):
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ class DemoPlan:
     attention_videos: int = 4
 
 
-FULL = DemoPlan(videos=500, epochs=10, epoch_size=2400, retrieval_clips=10)
+FULL = DemoPlan(videos=500, epochs=24, epoch_size=2400, retrieval_clips=10)
 QUICK = DemoPlan(videos=44, epochs=1, epoch_size=48, retrieval_clips=2, attention_videos=2)
 
 
@@ -104,7 +105,9 @@ def run_demo(*, data: str | None = None, runs: str = "runs", quick: bool = False
     test = load_index(data_index).split("test")
     step = max(1, len(test) // plan.attention_videos)
     picks = [e.path for e in test.entries[::step]][: plan.attention_videos]
-    attention(result.checkpoint, picks, out=str(run_dir / "eval" / "attention.png"))
+    # conv5 of a net trained on 32 px crops is 1x1; look at it on ~112 px frames, as the paper's Fig. 5 does
+    scale = max(1, round(112 / cfg.augment.crop))
+    attention(result.checkpoint, picks, out=str(run_dir / "eval" / "attention.png"), scale=scale)
     _done(t0)
 
     t0 = _stage(5, "report")
@@ -123,6 +126,7 @@ def run_demo(*, data: str | None = None, runs: str = "runs", quick: bool = False
         "minutes": (time.perf_counter() - t_all) / 60,
     }
     _print_summary(summary)
+    (run_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 

@@ -34,7 +34,9 @@ def activation_attention(conv5: Tensor, size: tuple[int, int]) -> Tensor:
     a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)[:, 0]
     lo = a.amin(dim=(1, 2), keepdim=True)
     hi = a.amax(dim=(1, 2), keepdim=True)
-    return (a - lo) / (hi - lo).clamp_min(1e-12)
+    # a flat map (e.g. a 1x1 conv5) differs only by rounding: scaling that up would paint noise, so it is 0
+    span = torch.where(hi - lo > 1e-5 * hi.abs(), hi - lo, torch.full_like(hi, torch.inf))
+    return (a - lo) / span
 
 
 def load_pace_clips(
@@ -70,16 +72,22 @@ def attention(
     start: int = 0,
     clip_len: int | None = None,
     cell_px: int = CELL_PX,
+    scale: int = 1,
 ) -> dict:
     """Write the attention grid PNG; returns {"png", "rows", "cols", "subplots", "paces", "skipped"}.
 
     ``paces`` defaults to the run's pace set (else "1,2,3,4"); every clip of a row starts at ``start`` so the
-    columns differ only in pace. Unreadable videos are skipped and listed, not fatal.
+    columns differ only in pace. Unreadable videos are skipped and listed, not fatal. ``scale`` multiplies
+    the run's decode size and crop: a net trained on small crops has a conv5 of 1x1 there (no spatial map at
+    all), and fully convolutional, it can be looked at on larger frames.
     """
+    if scale < 1:
+        raise ValueError(f"attention: scale must be >= 1, got {scale}")
     model = load_model(checkpoint, backbone=backbone)
     cfg = model.config
     pace_set = parse_pace_set(paces or (cfg.pace.paces if cfg else "1,2,3,4"))
     spec = ClipSpec.from_config(cfg, clip_len=clip_len)
+    spec.height, spec.width, spec.crop = spec.height * scale, spec.width * scale, spec.crop * scale
     net = model.backbone.eval()
     grid, names, skipped = [], [], []
     for path in videos:
@@ -91,7 +99,11 @@ def attention(
             skipped.append({"path": str(path), "reason": e.reason})
             continue
         x = center_clips(frames, imap, spec)
-        att = activation_attention(net.forward_features(x)["conv5"], (spec.crop, spec.crop)).numpy()
+        conv5 = net.forward_features(x)["conv5"]
+        if min(conv5.shape[-2:]) < 2 and not names:
+            log.warning("attention: conv5 is %dx%d at %d px crops, so the maps are flat; pass a larger scale",
+                        *conv5.shape[-2:], spec.crop)
+        att = activation_attention(conv5, (spec.crop, spec.crop)).numpy()
         last = [denormalize(x[i, :, -1], spec.mean, spec.std) for i in range(len(x))]
         grid.append([overlay_heatmap(f, a) for f, a in zip(last, att, strict=True)])
         names.append(Path(path).stem[:24])

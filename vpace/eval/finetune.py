@@ -168,7 +168,7 @@ def finetune_config(
     cfg = load_config(data=base)
     bb = cfg.model.backbone
     patch: dict[str, Any] = {"model": {"weights": None}, "data": {"split": "train"},
-                             "optim": {"lr": lr or FINETUNE_LR.get(bb, DEFAULT_LR)},
+                             "optim": {"lr": lr or FINETUNE_LR.get(bb.removesuffix("+res"), DEFAULT_LR)},
                              "run": {"name": "finetune", "storage": storage}}
     if data:
         patch["data"]["index"] = data

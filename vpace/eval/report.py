@@ -33,6 +33,7 @@ def applicable_benchmarks(bench_dir: Path, *, backbone: str, device: str, machin
     date wins per (file, kernel, provider, shape, metric)."""
     from vpace.config import KNOWN_BACKBONES
 
+    backbone = backbone.removesuffix("+res")  # residual input: the same network, the same benchmark rows
     others = [b for b in KNOWN_BACKBONES if b != backbone]
     latest: dict[tuple, dict] = {}
     for path in sorted(Path(bench_dir).glob("*.csv")):

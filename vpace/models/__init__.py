@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from .c3d import C3D
-from .common import Backbone, load_weights
+from .common import RESIDUAL_SUFFIX, Backbone, load_weights, residual_frames
 from .resnet3d import ResNet3D, r3d, r21d, r21d_tiny
 from .s3d_g import S3DG
 from .torchvision_wrappers import TorchvisionBackbone
@@ -37,15 +37,22 @@ def build_backbone(name: str, weights_path: str | Path | None = None, **kw) -> B
     Extra keywords go to the family's constructor (e.g. ``widths=`` for ``r21d_tiny``, ``gating=`` for
     ``s3d_g``). For our own families the reference repos' head keys (``linear.``/``fc.``) are dropped, so
     VCOP / video-pace checkpoints load; torchvision wrappers take torchvision's own checkpoints.
+    A ``+res`` suffix (``r21d_tiny+res``) feeds the backbone residual frames (``residual_frames``): the same
+    parameters, so RGB weights load into it and the name alone (kept in checkpoints) rebuilds it.
     """
-    if name not in _FACTORIES:
-        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
-    if name.startswith("tv_"):
-        return _FACTORIES[name](weights_path=weights_path, **kw)
-    model = _FACTORIES[name](**kw)
-    if weights_path is not None:
-        load_weights(model, weights_path, drop_prefixes=model.head_prefixes)
+    base = name.removesuffix(RESIDUAL_SUFFIX)
+    if base not in _FACTORIES:
+        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)} "
+                         f"(each also with {RESIDUAL_SUFFIX!r} for residual-frame input)")
+    if base.startswith("tv_"):
+        model = _FACTORIES[base](weights_path=weights_path, **kw)
+    else:
+        model = _FACTORIES[base](**kw)
+        if weights_path is not None:
+            load_weights(model, weights_path, drop_prefixes=model.head_prefixes)
+    model.residual_input = name != base
     return model
 
 
-__all__ = ["BACKBONES", "Backbone", "C3D", "ResNet3D", "S3DG", "TorchvisionBackbone", "build_backbone"]
+__all__ = ["BACKBONES", "RESIDUAL_SUFFIX", "Backbone", "residual_frames", "C3D", "ResNet3D", "S3DG",
+           "TorchvisionBackbone", "build_backbone"]

@@ -7,6 +7,7 @@ command after a crash continues from its latest checkpoint (and a finished run r
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,24 @@ class TrainResult:
         return f"run {self.run_dir}\n  last checkpoint {self.checkpoint}\n  {shown}"
 
 
+# Train V2's PlacementGroupCleaner polls the dashboard's state API; an embedded Ray runs without a dashboard
+# (2-core machines), so the cleaner would log a "Failed to query" warning every second of every run.
+_PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_placement_group_cleaner() -> None:
+    """Worker setup hook: silence only that logger's warnings (errors still show)."""
+    logging.getLogger(_PG_CLEANER_LOGGER).setLevel(logging.ERROR)
+
+
+def init_local_ray() -> None:
+    """An embedded Ray on this machine's CPUs, without the dashboard (and without its cleaner noise)."""
+    import ray
+
+    ray.init(include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_placement_group_cleaner"})
+
+
 def _start_ray(address: str | None, cfg: Config) -> bool:
     """Join `address` (or $RAY_ADDRESS, as inside `ray job submit`), else start an embedded local Ray on all
     CPUs of this machine. Returns True if this call connected (so the caller disconnects at the end)."""
@@ -46,7 +65,7 @@ def _start_ray(address: str | None, cfg: Config) -> bool:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)  # a cluster may autoscale: no resource check here
         return True
-    ray.init(include_dashboard=False)
+    init_local_ray()
     res, s = ray.cluster_resources(), cfg.scale
     problem = None
     if res.get("CPU", 0) < s.min_workers * s.cpus_per_worker:

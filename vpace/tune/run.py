@@ -61,7 +61,9 @@ def _start_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address)
         return False
-    ray.init(include_dashboard=False)
+    from vpace.train.launch import init_local_ray
+
+    init_local_ray()
     return True
 
 
