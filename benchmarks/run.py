@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from pathlib import Path
@@ -10,8 +11,14 @@ AREAS = ("data", "kernels_jitter", "kernels_contrastive", "train")
 
 
 def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    ap.add_argument("areas", nargs="*", metavar="AREA",
+                    help=f"areas to run (default: all): {', '.join(AREAS)}")
+    areas = ap.parse_args(argv).areas or list(AREAS)
+    unknown = [a for a in areas if a not in AREAS]
+    if unknown:
+        ap.error(f"unknown area(s) {', '.join(unknown)}; valid: {', '.join(AREAS)}")
     out_dir = Path(__file__).parent / "results"
-    areas = argv or list(AREAS)
     for area in areas:
         print(f"== benchmark {area}", flush=True)
         mod = importlib.import_module(f"benchmarks.{area}")
