@@ -14,14 +14,23 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.timeout(900)
-def test_quick_demo_writes_a_wellformed_report(tmp_path: Path, ray_tmpdir: str) -> None:
-    runs = tmp_path / "runs"
+def _demo(runs: Path, ray_tmpdir: str) -> str:
     env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
     proc = subprocess.run([sys.executable, "-m", "vpace.cli", "demo", "--quick", "--runs", str(runs)],
-                          env=env, capture_output=True, text=True, timeout=880)
+                          env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
+    return proc.stdout
+
+
+def _checkpoints(run: Path) -> dict[str, int]:
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.glob("checkpoint_*/*")}
+
+
+@pytest.mark.timeout(900)
+def test_quick_demo_writes_a_wellformed_report_and_a_second_run_reuses_it(tmp_path: Path,
+                                                                           ray_tmpdir: str) -> None:
+    runs = tmp_path / "runs"
+    out = _demo(runs, ray_tmpdir)
     for n in range(1, 6):  # progress: every stage announced
         assert f"[demo {n}/5]" in out
 
@@ -51,3 +60,11 @@ def test_quick_demo_writes_a_wellformed_report(tmp_path: Path, ray_tmpdir: str) 
     assert "![attention](eval/attention.png)" in report and "![loss and accuracy](curves.png)" in report
     row = re.search(r"^\| pretrained \| p5 \| video \| ([\d.]+) \|", report, re.M)
     assert row and float(row.group(1)) == pytest.approx(s["top1"]["p5"]["pretrained"], abs=0.05)
+
+    # a second run reuses the data set, the finished training (no checkpoint rewritten) and cached features
+    ckpts = _checkpoints(run)
+    assert ckpts
+    again = _demo(runs, ray_tmpdir)
+    assert "reused)" in again
+    assert _checkpoints(run) == ckpts
+    assert json.loads((run / "demo_summary.json").read_text())["top1"] == s["top1"]
