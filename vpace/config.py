@@ -22,7 +22,9 @@ from vpace.config_validate import (  # noqa: F401  (re-exported)
     METHODS,
     OPTIMIZERS,
     PROJ_HEADS,
+    RESIDUAL_SUFFIX,
     ConfigError,
+    base_backbone,
     parse_fraction_list,
     validate,
 )

@@ -16,6 +16,12 @@ CTR_MODES = ("none", "same_context", "same_pace")
 PROJ_HEADS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adamw")
 KNOWN_BACKBONES = ("c3d", "r3d", "r21d", "s3d_g", "r21d_tiny", "tv_r3d_18", "tv_r2plus1d_18", "tv_s3d")
+RESIDUAL_SUFFIX = "+res"  # `r21d_tiny+res`: the backbone fed residual frames (vpace.models.residual_frames)
+
+
+def base_backbone(name: str) -> str:
+    """The network a backbone name builds: the name without the residual-input suffix (same parameters)."""
+    return name.removesuffix(RESIDUAL_SUFFIX)
 
 
 class ConfigError(ValueError):
@@ -74,9 +80,9 @@ def validate(cfg: Config) -> None:
         _check(getattr(a, f) >= 0, f"augment.{f}", "must be >= 0")
     _check(0 <= a.hue <= 0.5, "augment.hue", f"must be in [0, 0.5], got {a.hue}")
     _check(all(v > 0 for v in a.std), "augment.std", "must be > 0")
-    _check(cfg.model.backbone.removesuffix("+res") in KNOWN_BACKBONES, "model.backbone",
+    _check(base_backbone(cfg.model.backbone) in KNOWN_BACKBONES, "model.backbone",
            f"unknown backbone {cfg.model.backbone!r} (valid: {', '.join(KNOWN_BACKBONES)}, each optionally "
-           "with '+res' for residual-frame input)")
+           f"with {RESIDUAL_SUFFIX!r} for residual-frame input)")
 
     p = cfg.pace
     paces = parse_fraction_list(p.paces, "pace.paces")

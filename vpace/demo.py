@@ -26,20 +26,21 @@ class DemoPlan:
     """Sizes of one demo run; ``quick`` is the same code path, smaller (CI)."""
 
     videos: int
-    epochs: int
-    epoch_size: int
     retrieval_clips: int
     attention_videos: int = 4
+    epochs: int | None = None  # None: the `demo` config's own training length (optim.epochs, data.epoch_size)
+    epoch_size: int | None = None
 
 
-FULL = DemoPlan(videos=500, epochs=24, epoch_size=2400, retrieval_clips=10)
-QUICK = DemoPlan(videos=44, epochs=1, epoch_size=48, retrieval_clips=2, attention_videos=2)
+FULL = DemoPlan(videos=500, retrieval_clips=10)
+QUICK = DemoPlan(videos=44, retrieval_clips=2, attention_videos=2, epochs=1, epoch_size=48)
 
 
 def demo_config(data_index: str, runs: Path, plan: DemoPlan, overrides: list[str]) -> Config:
     """The named `demo` config, pointed at the data and sized by the plan."""
-    sets = [f"data.index={data_index}", f"run.storage={runs}", f"optim.epochs={plan.epochs}",
-            f"data.epoch_size={plan.epoch_size}", f"data.cache_dir={runs / 'cache' / 'frames'}"]
+    sets = [f"data.index={data_index}", f"run.storage={runs}", f"data.cache_dir={runs / 'cache' / 'frames'}"]
+    sets += [f"optim.epochs={plan.epochs}"] if plan.epochs is not None else []
+    sets += [f"data.epoch_size={plan.epoch_size}"] if plan.epoch_size is not None else []
     return load_config("demo", overrides=sets + list(overrides))
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from vpace.config import Config, load_config
+from vpace.config import Config, base_backbone, load_config
 from vpace.data import PaceClipDataset, VideoIndex, load_index
 from vpace.eval.features import ClipSpec, center_clips, clip_batches, skipped_videos
 from vpace.eval.loading import eval_dir, load_model
@@ -168,7 +168,7 @@ def finetune_config(
     cfg = load_config(data=base)
     bb = cfg.model.backbone
     patch: dict[str, Any] = {"model": {"weights": None}, "data": {"split": "train"},
-                             "optim": {"lr": lr or FINETUNE_LR.get(bb.removesuffix("+res"), DEFAULT_LR)},
+                             "optim": {"lr": lr or FINETUNE_LR.get(base_backbone(bb), DEFAULT_LR)},
                              "run": {"name": "finetune", "storage": storage}}
     if data:
         patch["data"]["index"] = data

@@ -31,9 +31,9 @@ def default_bench_dir() -> Path:
 def applicable_benchmarks(bench_dir: Path, *, backbone: str, device: str, machine: str | None) -> list[dict]:
     """Rows measured on this machine and device; rows naming a backbone only if it is this run's; newest
     date wins per (file, kernel, provider, shape, metric)."""
-    from vpace.config import KNOWN_BACKBONES
+    from vpace.config import KNOWN_BACKBONES, base_backbone
 
-    backbone = backbone.removesuffix("+res")  # residual input: the same network, the same benchmark rows
+    backbone = base_backbone(backbone)  # residual input: the same network, the same benchmark rows
     others = [b for b in KNOWN_BACKBONES if b != backbone]
     latest: dict[tuple, dict] = {}
     for path in sorted(Path(bench_dir).glob("*.csv")):

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from vpace.config_validate import RESIDUAL_SUFFIX, base_backbone
+
 from .c3d import C3D
-from .common import RESIDUAL_SUFFIX, Backbone, load_weights, residual_frames
+from .common import Backbone, load_weights, residual_frames
 from .resnet3d import ResNet3D, r3d, r21d, r21d_tiny
 from .s3d_g import S3DG
 from .torchvision_wrappers import TorchvisionBackbone
@@ -40,7 +42,7 @@ def build_backbone(name: str, weights_path: str | Path | None = None, **kw) -> B
     A ``+res`` suffix (``r21d_tiny+res``) feeds the backbone residual frames (``residual_frames``): the same
     parameters, so RGB weights load into it and the name alone (kept in checkpoints) rebuilds it.
     """
-    base = name.removesuffix(RESIDUAL_SUFFIX)
+    base = base_backbone(name)
     if base not in _FACTORIES:
         raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)} "
                          f"(each also with {RESIDUAL_SUFFIX!r} for residual-frame input)")

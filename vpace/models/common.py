@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-RESIDUAL_SUFFIX = "+res"  # `r21d_tiny+res`: the backbone fed residual frames instead of RGB
-
 
 def residual_frames(x: Tensor) -> Tensor:
     """[B, C, T, H, W] -> x[t+1] - x[t], the last difference repeated so T (and every stride) is unchanged.
