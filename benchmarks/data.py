@@ -91,7 +91,7 @@ def _params(b: int, t: int, h: int, w: int, crop: int, gen):
     """Augmentation draw: vpace.augment.sample_params when it exists, else an equivalent local draw."""
     import torch
 
-    from kernels.pace_jitter import JitterParams
+    from vpace_kernels.pace_jitter import JitterParams
     from vpace.config import AugmentConfig
 
     try:
@@ -123,7 +123,7 @@ def run(out_dir: Path) -> None:
     import torch
 
     from benchmarks.common import append_rows, time_it
-    from kernels.pace_jitter import pace_jitter_reference
+    from vpace_kernels.pace_jitter import pace_jitter_reference
     from vpace.data import PaceClipDataset, VideoEntry, VideoIndex, VideoReader, collate_clips
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import append_rows
-from kernels.contrastive import aot_compile_shipped, contrastive_loss, shipped_configs
+from vpace_kernels.contrastive import aot_compile_shipped, contrastive_loss, shipped_configs
 
 SHAPES = (1024, 4096, 8192)
 DIM = 128

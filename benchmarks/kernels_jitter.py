@@ -72,7 +72,7 @@ def eager_bytes_per_clip() -> int:
     """Bytes read + written by every aten op of the eager reference on one clip (see module docstring)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from kernels.pace_jitter import pace_jitter_reference
+    from vpace_kernels.pace_jitter import pace_jitter_reference
 
     def nbytes(xs) -> int:
         return sum(x.numel() * x.element_size() for x in xs if isinstance(x, torch.Tensor))
@@ -102,7 +102,7 @@ def _row(provider: str, metric: str, value, shape: str = SHAPE, **kw) -> dict:
 
 
 def _cpu_rows(quick: bool = False) -> list[dict]:
-    from kernels.pace_jitter import pace_jitter, pace_jitter_reference
+    from vpace_kernels.pace_jitter import pace_jitter, pace_jitter_reference
     from vpace.augment import center_params
 
     frames, index_map, params = _inputs()
@@ -143,7 +143,7 @@ def _cpu_rows(quick: bool = False) -> list[dict]:
 
 
 def _gpu_rows() -> list[dict]:
-    from kernels.pace_jitter import pace_jitter, pace_jitter_reference
+    from vpace_kernels.pace_jitter import pace_jitter, pace_jitter_reference
 
     if not torch.cuda.is_available():
         return []
@@ -161,7 +161,7 @@ def _gpu_rows() -> list[dict]:
 
 
 def _aot_rows() -> list[dict]:
-    from kernels.pace_jitter import aot_compile_configs
+    from vpace_kernels.pace_jitter import aot_compile_configs
 
     rows = []
     for cfg, dt, res in aot_compile_configs(archs=(80, 90)):

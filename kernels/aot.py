@@ -100,7 +100,7 @@ def _compile_in_child(fn, jobs: list[dict]) -> list[AotResult]:
         job_path, out = os.path.join(tmp, "job.pkl"), os.path.join(tmp, "result.pkl")
         with open(job_path, "wb") as f:
             pickle.dump(dict(module=module, qualname=qualname, jobs=jobs, out=out), f)
-        code = f"from kernels.aot import _child_main; _child_main({job_path!r})"
+        code = f"from vpace_kernels.aot import _child_main; _child_main({job_path!r})"
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"AOT compile of {module}.{qualname} failed:\n{proc.stderr}")

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.contrastive_cpu import TAU_RANGE, _chunked_backward, _chunked_forward, _prepare
+from .contrastive_cpu import TAU_RANGE, _chunked_backward, _chunked_forward, _prepare
 
 __all__ = ["contrastive_loss", "contrastive_loss_reference", "ContrastiveStats", "shipped_configs",
            "aot_compile_shipped", "TAU_RANGE", "MAX_TRITON_DIM"]
@@ -388,7 +388,7 @@ def aot_compile_shipped(archs: tuple[int, ...] = (80, 90), dtypes=(torch.float32
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from kernels.aot import aot_compile_many
+    from .aot import aot_compile_many
 
     cfgs = shipped_configs(dtypes)
     groups: dict = {}

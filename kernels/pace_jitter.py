@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.pace_jitter_cpu import BRIGHTNESS, CONTRAST, HUE, SATURATION, pace_jitter_cpu
+from .pace_jitter_cpu import BRIGHTNESS, CONTRAST, HUE, SATURATION, pace_jitter_cpu
 
 __all__ = ["JitterParams", "pace_jitter", "pace_jitter_reference", "KERNEL_CONFIGS", "aot_compile_configs",
            "validate", "BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"]
@@ -360,7 +360,7 @@ def kernel_signature(out_dtype: torch.dtype = torch.float32) -> dict[str, str]:
 
 def aot_compile_configs(archs=(80, 90), out_dtypes=_OUT_DTYPES) -> list[tuple[dict, torch.dtype, object]]:
     """AOT-compile every shipped config x out dtype x arch; returns (config, out_dtype, AotResult) rows."""
-    from kernels.aot import aot_compile_many
+    from .aot import aot_compile_many
 
     jobs = [dict(signature=kernel_signature(dt), constexprs={"BLOCK": cfg["BLOCK"]}, arch=arch,
                  num_warps=cfg["num_warps"]) for cfg in KERNEL_CONFIGS for dt in out_dtypes for arch in archs]

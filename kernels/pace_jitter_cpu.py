@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from kernels.pace_jitter import JitterParams
+    from .pace_jitter import JitterParams
 
 __all__ = ["pace_jitter_cpu", "pace_jitter_eager", "BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"]
 

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from kernels.aot import AotResult, aot_compile  # noqa: E402
+from vpace_kernels.aot import AotResult, aot_compile  # noqa: E402
 
 
 @triton.jit

@@ -7,8 +7,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: ker
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import contrastive as C  # noqa: E402
-from kernels import contrastive_cpu as CC  # noqa: E402
+from vpace_kernels import contrastive as C  # noqa: E402
+from vpace_kernels import contrastive_cpu as CC  # noqa: E402
 
 _NOT_INTERPRETED = "kernels.contrastive was imported before TRITON_INTERPRET=1 was set"
 BACKENDS = [pytest.param("triton", marks=pytest.mark.skipif(not C._interpreted(), reason=_NOT_INTERPRETED)),

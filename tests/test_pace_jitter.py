@@ -13,8 +13,8 @@ import torch  # noqa: E402
 import torchvision.transforms.v2 as T2  # noqa: E402
 import torchvision.transforms.v2.functional as TF  # noqa: E402
 
-from kernels import pace_jitter as PJ  # noqa: E402
-from kernels import pace_jitter_cpu as PJC  # noqa: E402
+from vpace_kernels import pace_jitter as PJ  # noqa: E402
+from vpace_kernels import pace_jitter_cpu as PJC  # noqa: E402
 
 MEAN, STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
 STD_T = torch.tensor(STD).view(1, 3, 1, 1, 1)

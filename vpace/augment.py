@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from kernels.pace_jitter import JitterParams, pace_jitter
+from vpace_kernels.pace_jitter import JitterParams, pace_jitter
 
 __all__ = ["KINETICS_MEAN", "KINETICS_STD", "JitterParams", "sample_params", "center_params", "augment"]
 
