@@ -91,8 +91,8 @@ def _params(b: int, t: int, h: int, w: int, crop: int, gen):
     """Augmentation draw: vpace.augment.sample_params when it exists, else an equivalent local draw."""
     import torch
 
-    from vpace_kernels.pace_jitter import JitterParams
     from vpace.config import AugmentConfig
+    from vpace_kernels.pace_jitter import JitterParams
 
     try:
         from vpace import augment
@@ -123,8 +123,8 @@ def run(out_dir: Path) -> None:
     import torch
 
     from benchmarks.common import append_rows, time_it
-    from vpace_kernels.pace_jitter import pace_jitter_reference
     from vpace.data import PaceClipDataset, VideoEntry, VideoIndex, VideoReader, collate_clips
+    from vpace_kernels.pace_jitter import pace_jitter_reference
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_bench_videos(Path(tmp))

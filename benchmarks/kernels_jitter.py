@@ -102,8 +102,8 @@ def _row(provider: str, metric: str, value, shape: str = SHAPE, **kw) -> dict:
 
 
 def _cpu_rows(quick: bool = False) -> list[dict]:
-    from vpace_kernels.pace_jitter import pace_jitter, pace_jitter_reference
     from vpace.augment import center_params
+    from vpace_kernels.pace_jitter import pace_jitter, pace_jitter_reference
 
     frames, index_map, params = _inputs()
     center = center_params(B, T, H, W, crop=CROP)

@@ -15,6 +15,8 @@ import av
 import numpy as np
 import pytest
 
+from vpace.config import Config, load_config
+
 GRID_ROWS, GRID_COLS = 4, 5
 CODE_BITS = GRID_ROWS * GRID_COLS // 2  # 10 bits + 10 complement bits -> up to 1024 frames
 DARK, LIGHT = 40, 215
@@ -146,3 +148,57 @@ def ray_tmpdir():
     path = tempfile.mkdtemp(prefix="vpray")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ------------------------------------------------- Ray runs (shared by the train/eval/fault tests)
+
+NUM_VIDEOS = 30  # 10 motion classes x 3 (2 train + 1 test); + 1 broken file in the train list
+
+
+def synthetic_set(tmp_path_factory) -> Path:
+    """The small synthetic set both train test modules use (generated once per session: make_synthetic
+    returns at once when the same set already exists)."""
+    from vpace.data.synthetic import make_synthetic
+
+    root = tmp_path_factory.getbasetemp() / "vpace_train_synth"
+    make_synthetic(root, num_videos=NUM_VIDEOS, seed=0, height=64, width=86, max_seconds=3.0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """`synthetic_set` + one broken file listed in the train split (must be skipped and counted)."""
+    from vpace.data import load_index
+
+    root = synthetic_set(tmp_path_factory)
+    trainlist = root / "trainlist01.txt"
+    lines = trainlist.read_text().splitlines()
+    if not any("Broken" in line for line in lines):
+        rel, label = lines[0].split()[:2]  # put the broken file next to the first training video
+        bad = Path(load_index(root).split("train")[0].path).with_name("v_Broken_g99_c01.mp4")
+        bad.write_text("not a video\n")
+        entry = f"{Path(rel).with_name(bad.name).as_posix()} {label}"
+        trainlist.write_text("\n".join([*lines, entry]) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local 2-CPU Ray for the tests of one module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def tiny(data: Path, storage: Path, name: str, *extra: str) -> Config:
+    """The shipped smoke config, shrunk further so a 2-worker run takes seconds per epoch."""
+    return load_config("smoke", overrides=[
+        f"data.index={data}", f"run.storage={storage}", f"run.name={name}", "data.epoch_size=null",
+        "data.clip_len=8", "data.height=48", "data.width=64", "augment.crop=32", "optim.batch_size=8",
+        "optim.base_batch_size=8", "scale.min_workers=2", "scale.max_workers=2", *extra])
+
+
+def n_train(data: Path) -> int:
+    return len((data / "trainlist01.txt").read_text().splitlines())

@@ -8,9 +8,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torchvision.transforms.v2.functional as TF  # noqa: E402
 
-from vpace_kernels.pace_jitter import pace_jitter_reference  # noqa: E402
 from vpace.augment import KINETICS_MEAN, KINETICS_STD, augment, center_params, sample_params  # noqa: E402
 from vpace.config import AugmentConfig  # noqa: E402
+from vpace_kernels.pace_jitter import pace_jitter_reference  # noqa: E402
 
 
 def _draw(seed=0, B=400, T=8, H=128, W=171, **kw):

@@ -88,8 +88,8 @@ def _clip_sources(path: Path, num_clips: int = 10, clip_len: int = 16) -> list[l
 
 def test_center_clips_equal_the_reference_op_with_center_params() -> None:
     """The eval transform = the augmentation op's torchvision reference fed center_params."""
-    from vpace_kernels.pace_jitter import pace_jitter_reference
     from vpace.augment import center_params
+    from vpace_kernels.pace_jitter import pace_jitter_reference
 
     g = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (2, 3, 8, 64, 85, 3), dtype=torch.uint8, generator=g)

@@ -21,15 +21,13 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from conftest import n_train, tiny  # noqa: E402
 
-from vpace.config import Config, ConfigError, OptimConfig, load_config  # noqa: E402
+from vpace.config import Config, ConfigError, OptimConfig  # noqa: E402
 from vpace.train import export_backbone, pretrain  # noqa: E402
 from vpace.train.checkpoint import load_state, read_meta, save_checkpoint  # noqa: E402
 from vpace.train.loop import StepSchedule, maybe_inject_fault  # noqa: E402
 from vpace.train.sampler import ElasticBatchSampler, epoch_permutation, step_bounds  # noqa: E402
-
-NUM_VIDEOS = 30  # 10 motion classes x 3 (2 train + 1 test); + 1 broken file in the train list
-
 
 # ------------------------------------------------------------------------------------------------ units
 
@@ -128,54 +126,6 @@ def test_bad_config_fails_before_ray_starts(field, value, tmp_path):
 # ------------------------------------------------------------------------------------------- Ray runs
 
 
-def synthetic_set(tmp_path_factory) -> Path:
-    """The small synthetic set both train test modules use (generated once per session: make_synthetic
-    returns at once when the same set already exists)."""
-    from vpace.data.synthetic import make_synthetic
-
-    root = tmp_path_factory.getbasetemp() / "vpace_train_synth"
-    make_synthetic(root, num_videos=NUM_VIDEOS, seed=0, height=64, width=86, max_seconds=3.0, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    """`synthetic_set` + one broken file listed in the train split (must be skipped and counted)."""
-    from vpace.data import load_index
-
-    root = synthetic_set(tmp_path_factory)
-    trainlist = root / "trainlist01.txt"
-    lines = trainlist.read_text().splitlines()
-    if not any("Broken" in line for line in lines):
-        rel, label = lines[0].split()[:2]  # put the broken file next to the first training video
-        bad = Path(load_index(root).split("train")[0].path).with_name("v_Broken_g99_c01.mp4")
-        bad.write_text("not a video\n")
-        entry = f"{Path(rel).with_name(bad.name).as_posix()} {label}"
-        trainlist.write_text("\n".join([*lines, entry]) + "\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-def tiny(data: Path, storage: Path, name: str, *extra: str) -> Config:
-    """The shipped smoke config, shrunk further so a 2-worker run takes seconds per epoch."""
-    return load_config("smoke", overrides=[
-        f"data.index={data}", f"run.storage={storage}", f"run.name={name}", "data.epoch_size=null",
-        "data.clip_len=8", "data.height=48", "data.width=64", "augment.crop=32", "optim.batch_size=8",
-        "optim.base_batch_size=8", "scale.min_workers=2", "scale.max_workers=2", *extra])
-
-
-def _n_train(data: Path) -> int:
-    return len((data / "trainlist01.txt").read_text().splitlines())
-
-
 @pytest.mark.slow
 def test_two_worker_run_learns_and_leaves_loadable_checkpoint(local_ray, synth, tmp_path):
     from safetensors.torch import load_file
@@ -187,7 +137,7 @@ def test_two_worker_run_learns_and_leaves_loadable_checkpoint(local_ray, synth, 
     cfg = tiny(synth, tmp_path, "two", f"optim.epochs={epochs}", "optim.lr_step_epochs=10", "optim.lr=0.01",
                "pace.lambda_ctr=1.0", f"data.epoch_size={epoch_size}", "scale.checkpoint_every=5",
                "scale.max_failures=0")  # nothing may fail (and be retried away) here
-    n = _n_train(synth)
+    n = n_train(synth)
     res = pretrain(cfg)
 
     steps_per_epoch = len(step_bounds(epoch_size, 8, 2))  # global batch 8 = 4 + 4

@@ -55,9 +55,9 @@ def _checkpoints(run_dir: Path) -> list[tuple[int, int]]:
 @pytest.mark.slow
 def test_elastic_shrink_then_grow_back(tmp_path, tmp_path_factory, monkeypatch):
     import ray
+    from conftest import synthetic_set
     from ray import cloudpickle
     from ray.cluster_utils import Cluster
-    from test_train import synthetic_set
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
     # A restart first asks for the old group size (the autoscaling coordinator refreshes every 20 s); a short

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vpace_kernels.contrastive import contrastive_loss
 from vpace.config import PaceConfig
 from vpace.objectives.base import Objective, check_batch, metrics_to_floats
 from vpace.objectives.heads import PaceModel
+from vpace_kernels.contrastive import contrastive_loss
 
 
 def uses_cls(cfg: PaceConfig) -> bool:
