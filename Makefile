@@ -1,4 +1,5 @@
-# Two user-facing targets: `make demo` and `make test`. Both create .venv on first use.
+# User-facing targets: `make demo`, `make test` (the whole suite, what CI runs) and `make test-fast` (unit
+# tests only, the edit-test loop). They create .venv on first use.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.1
 
-.PHONY: demo test bench lint dups clean
+.PHONY: demo test test-fast bench gpu-check lint dups clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -20,8 +21,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15 tests
 
+test-fast: $(STAMP)  # the edit-test loop: everything but the Ray end-to-end runs (`slow`)
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# On a bare GPU machine (no venv, vpace not installed): its python3, nothing installed. Exits non-zero on a
+# wrong result; without CUDA it is a dry run at tiny sizes (benchmarks/gpu_check.py).
+GPU_PY := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+gpu-check:
+	$(GPU_PY) -m benchmarks.gpu_check
 
 lint: $(STAMP)
 	$(BIN)/ruff check vpace kernels tests benchmarks

@@ -6,6 +6,10 @@ plus the eager torchvision reference augmentation, ``kernels.pace_jitter.pace_ji
 ``dataset_cached`` (frames from the decoded-frame cache) and ``naive_decode_all`` (decode every frame of the
 video, then index).
 
+``feed_rows`` (step 5 of ``make gpu-check``): can a GPU node's CPUs feed the training step? The pace-clip
+pipeline's clips/s with 1, 4, 8 and 16 DataLoader workers on UCF101-like videos (320x240, 25 fps, 7 s) that it
+writes itself (x264 through PyAV, else MPEG-4 through OpenCV: the GPU machine has no PyAV).
+
 ``python benchmarks/data.py decord DIR`` is a stand-alone random-access probe (decord + numpy + av only) used
 to compare decord and decord2 in separate venvs; see docs/decord.md.
 """
@@ -24,30 +28,57 @@ CLIP_LEN, CLIPS_PER_VIDEO, PACES, ITEMS, BATCH = 16, 2, "1,2,3,4", 16, 4
 AUGMENT_ITEMS = 4  # the eager per-frame reference augmentation runs at ~1 clip/s on 2 cores
 
 
-def write_bench_videos(folder: Path, videos: int = VIDEOS, frames: int = FRAMES, seed: int = 0) -> list[Path]:
-    """x264 mp4s of a drifting blocky texture (GOP 12, B-frames): enough detail that decoding costs."""
-    import av
+def _texture(rng, height: int, width: int) -> np.ndarray:
+    """A blocky random texture twice as wide as the frame (it drifts): enough detail that decoding costs."""
+    tex = np.kron(rng.integers(0, 255, (height // 8, 2 * width // 8, 3), dtype=np.uint8), np.ones((8, 8, 1)))
+    return tex.astype(np.uint8)
 
+
+def write_bench_videos(folder: Path, videos: int = VIDEOS, frames: int = FRAMES, seed: int = 0,
+                       height: int = HEIGHT, width: int = WIDTH) -> tuple[list[Path], str]:
+    """mp4s of a drifting texture and the codec used: x264 (GOP 12, B-frames) through PyAV, else MPEG-4
+    part 2 through OpenCV (machines without PyAV)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []
+    try:
+        import av  # noqa: F401
+        writer, codec = _write_av, "h264 (PyAV)"
+    except ImportError:
+        writer, codec = _write_cv2, "mpeg4 (OpenCV)"
     for v in range(videos):
         path = folder / "bench" / f"v{v:02d}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tex = np.kron(
-            rng.integers(0, 255, (HEIGHT // 8, 2 * WIDTH // 8, 3), dtype=np.uint8), np.ones((8, 8, 1))
-        )
-        tex = tex.astype(np.uint8)
-        with av.open(str(path), "w") as out:
-            s = out.add_stream("libx264", rate=FPS)
-            s.width, s.height, s.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-            s.codec_context.gop_size = 12
-            for t in range(frames):
-                img = np.ascontiguousarray(np.roll(tex, -3 * t, axis=1)[:, :WIDTH])
-                out.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-            out.mux(s.encode())
+        tex = _texture(rng, height, width)
+        writer(path, (np.ascontiguousarray(np.roll(tex, -3 * t, axis=1)[:, :width]) for t in range(frames)),
+               height, width)
         paths.append(path)
-    return paths
+    return paths, codec
+
+
+def _write_av(path: Path, images, height: int, width: int) -> None:
+    import av
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=FPS)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.codec_context.gop_size = 12
+        for img in images:
+            out.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(s.encode())
+
+
+def _write_cv2(path: Path, images, height: int, width: int) -> None:
+    import cv2
+
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (width, height))
+    if not out.isOpened():
+        raise RuntimeError(f"{path}: OpenCV cannot write MPEG-4 video here (and PyAV is not installed)")
+    try:
+        for img in images:
+            out.write(img[..., ::-1].copy())  # OpenCV takes BGR
+    finally:
+        out.release()
 
 
 def decord_random_access(paths: list[Path], batches: int = 12, frames: int = 24, seed: int = 0) -> dict:
@@ -87,53 +118,24 @@ def decord_random_access(paths: list[Path], batches: int = 12, frames: int = 24,
     }
 
 
-def _params(b: int, t: int, h: int, w: int, crop: int, gen):
-    """Augmentation draw: vpace.augment.sample_params when it exists, else an equivalent local draw."""
-    import torch
-
-    from vpace.config import AugmentConfig
-    from vpace_kernels.pace_jitter import JitterParams
-
-    try:
-        from vpace import augment
-
-        return augment.sample_params(b, t, h, w, AugmentConfig(crop=crop), gen), "vpace.augment"
-    except ImportError:
-        pass
-    f = torch.empty(b, t, 4)
-    f[..., :3].uniform_(0.2, 1.8, generator=gen)
-    f[..., 3].uniform_(-0.2, 0.2, generator=gen)
-    top = torch.randint(0, h - crop + 1, (b,), generator=gen)
-    left = torch.randint(0, w - crop + 1, (b,), generator=gen)
-    params = JitterParams(
-        crop_yx=torch.stack([top, left], 1).int(),
-        crop_hw=(crop, crop),
-        flip=torch.rand(b, generator=gen) < 0.5,
-        apply=torch.rand(b, t, generator=gen) < 0.8,
-        factors=f,
-        order=torch.argsort(torch.rand(b, t, 4, generator=gen), -1).int(),
-    )
-    return params, "local draw (vpace.augment missing)"
-
-
 def run(out_dir: Path) -> None:
     import tempfile
 
     import decord
     import torch
 
-    from benchmarks.common import append_rows, time_it
+    from benchmarks.common import append_rows, bench
+    from vpace.augment import sample_params
     from vpace.data import PaceClipDataset, VideoEntry, VideoIndex, VideoReader, collate_clips
     from vpace_kernels.pace_jitter import pace_jitter_reference
 
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_bench_videos(Path(tmp))
+        paths, _ = write_bench_videos(Path(tmp))
         index = VideoIndex([VideoEntry(str(p), 0, "all") for p in paths], ["bench"], tmp)
         kw = dict(clip_len=CLIP_LEN, clips_per_video=CLIPS_PER_VIDEO, epoch_size=ITEMS, seed=0)
         ds = PaceClipDataset(index, PACES, **kw)
         cached = PaceClipDataset(index, PACES, cache_dir=Path(tmp) / "cache", **kw)
         gen = torch.Generator().manual_seed(0)
-        note = {}
 
         def decode_only():
             for i in range(ITEMS):
@@ -151,9 +153,8 @@ def run(out_dir: Path) -> None:
                 batch = collate_clips([d[i] for i in range(lo, lo + BATCH)])
                 if augment:
                     fr, im = batch["frames"].flatten(0, 1), batch["index_map"].flatten(0, 1)
-                    params, note["params"] = _params(
-                        fr.shape[0], im.shape[1], fr.shape[2], fr.shape[3], 112, gen
-                    )
+                    params = sample_params(fr.shape[0], im.shape[1], fr.shape[2], fr.shape[3], crop=112,
+                                           generator=gen)
                     pace_jitter_reference(fr, im, params, (0.43, 0.39, 0.38), (0.23, 0.22, 0.22))
 
         cases = {
@@ -167,26 +168,51 @@ def run(out_dir: Path) -> None:
         rows = []
         for provider, fn in cases.items():
             items = AUGMENT_ITEMS if provider == "dataset+augment" else ITEMS
-            sec = time_it(fn, warmup=1, repeat=3 if items == ITEMS else 1)
-            rows.append(
-                dict(
-                    kernel="pace_clips",
-                    provider=provider,
-                    shape=shape,
-                    metric="clips/s",
-                    value=round(items * CLIPS_PER_VIDEO / sec, 2),
-                )
-            )
+            t = bench(fn, reps=3 if items == ITEMS else 1)  # process CPU time: decoding runs in-process
+            rows.append(dict(kernel="pace_clips", provider=provider, shape=shape, metric="clips/s",
+                             value=round(items * CLIPS_PER_VIDEO / t.median, 2)))
             print(f"  {provider:18s} {rows[-1]['value']:8.2f} clips/s", flush=True)
-        if "params" in note:
-            print(f"  augment params: {note['params']}")
     append_rows(Path(out_dir) / "data.csv", rows)
+
+
+def feed_rows(workers: tuple[int, ...] = (1, 4, 8, 16), small: bool = False) -> list[dict]:
+    """Step 5 of ``make gpu-check``: clips/s the pace-clip pipeline delivers through a DataLoader with each
+    number of ``workers`` (the paper's recipe: batches of 30 videos x 2 clips of 16 frames at 128x171).
+
+    Wall-clock time (the work happens in the worker processes) of one round - one batch from every worker -
+    after a first round that pays for their start. ``small``: 2 short videos, batches of 2 (the dry run).
+    """
+    import tempfile
+
+    from torch.utils.data import DataLoader
+
+    from benchmarks.common import bench
+    from vpace.data import PaceClipDataset, VideoEntry, VideoIndex, collate_clips
+
+    batch, frames = (2, 40) if small else (30, 7 * FPS)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, codec = write_bench_videos(Path(tmp), videos=2 if small else VIDEOS, frames=frames)
+        index = VideoIndex([VideoEntry(str(p), 0, "all") for p in paths], ["bench"], tmp)
+        ds = PaceClipDataset(index, PACES, clip_len=CLIP_LEN, clips_per_video=CLIPS_PER_VIDEO, seed=0,
+                             epoch_size=100_000)
+        shape = (f"{len(paths)} videos {WIDTH}x{HEIGHT} {frames / FPS:.0f}s {codec} -> batch {batch}x"
+                 f"{CLIPS_PER_VIDEO}x{CLIP_LEN}x128x171 paces {PACES}")
+        for w in workers:
+            loader = DataLoader(ds, batch_size=batch, num_workers=w, collate_fn=collate_clips)
+            it = iter(loader)
+            t = bench(lambda w=w, it=it: [next(it) for _ in range(w)], reps=1 if small else 3, clock="wall")
+            del it, loader  # stops the workers
+            rows.append(dict(kernel="pace_clips", provider=f"dataloader_{w}_workers", shape=shape,
+                             metric="clips/s", value=f"{w * batch * CLIPS_PER_VIDEO / t.median:.1f}"))
+            print(f"  {w:2d} workers: {rows[-1]['value']} clips/s", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "decord":
         folder = Path(sys.argv[2])
-        vids = sorted((folder / "bench").glob("*.mp4")) or write_bench_videos(folder)
+        vids = sorted((folder / "bench").glob("*.mp4")) or write_bench_videos(folder)[0]
         print(json.dumps(decord_random_access(vids)))
     else:
         sys.exit("usage: python benchmarks/data.py decord DIR  (the CSV rows come from benchmarks/run.py)")

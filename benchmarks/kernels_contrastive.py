@@ -1,61 +1,56 @@
-"""Contrastive loss: eager full-logits reference vs the chunked CPU path, plus GPU registers/spills.
+"""Contrastive loss: the eager full-logits reference vs the chunked CPU path and the fused Triton kernels.
 
 Workload: SimCLR-style symmetric loss, ``q = k = cat(z1, z2)`` (N rows, D = 128, labels = video ids, so each
-row has one positive), forward + backward, one timed run per shape and setting after a small warm-up.
+row has one positive), forward + backward.
 
-Time is recorded twice: wall time with torch's default intra-op threads, and process CPU time with one
-thread. The second is the stable one on a shared machine: under oversubscription (load average >> cores)
-OpenMP barriers stall the many mid-size tile ops of the chunked path far more than eager's few huge ops, so
-the multi-threaded wall ratio swings from run to run; the 1-minute load average is recorded with each shape.
+CPU (``cpu_rows``): process CPU time with one thread (``benchmarks.common.bench``; the steady number on a
+shared machine: under oversubscription OpenMP barriers stall the chunked path's many mid-size tile ops far
+more than eager's few huge ops). Peak extra memory: tracemalloc does not see torch's CPU allocations, and RSS
+growth is blurred by glibc's allocator reuse. So we replay the exact allocation stream of torch's CPU
+allocator recorded by ``torch.profiler`` (``profile_memory=True``): every allocation/free event with its size,
+sorted by time; the running sum's maximum is the peak of bytes live beyond what existed before the call
+(inputs excluded, the gradient and everything autograd saves included), measured in a separate, untimed run.
 
-Peak extra memory: tracemalloc does not see torch's CPU allocations, and RSS growth is blurred by glibc's
-allocator reuse. So we replay the exact allocation stream of torch's CPU allocator recorded by
-``torch.profiler`` (``profile_memory=True``): every allocation/free event with its size, sorted by time; the
-running sum's maximum is the peak of bytes live beyond what existed before the call (inputs excluded, the
-gradient and everything autograd saves included). It is measured in a separate, untimed run.
+GPU (``gpu_rows``, ``make gpu-check``): fused (Triton) vs eager forward + backward at N = 4096 ... 65536 in
+fp32 and bf16, timed with ``triton.testing.do_bench``; peak memory is ``torch.cuda.max_memory_allocated``
+above what was allocated before the call. Eager rows that do not fit in the GPU's memory say so.
 
-GPU: every shipped Triton config is compiled ahead of time for sm_80 and sm_90 (``kernels.aot``) and the
-registers / spill bytes / static shared memory that ``ptxas -v`` and Triton report are recorded.
+Every shipped Triton config is also compiled ahead of time for sm_80 and sm_90 (``vpace_kernels.aot``) and
+the registers / spill bytes / static shared memory that ``ptxas -v`` and Triton report are recorded.
 """
 
 from __future__ import annotations
 
 import os
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import append_rows
-from vpace_kernels.contrastive import aot_compile_shipped, contrastive_loss, shipped_configs
+from benchmarks.common import Checks, append_rows, bench, device_label, timing_rows
+from vpace_kernels.aot import aot_compile_configs
+from vpace_kernels.contrastive import contrastive_loss, shipped_configs
 
 SHAPES = (1024, 4096, 8192)
+GPU_SHAPES = (4096, 8192, 16384, 65536)
+SMALL_SHAPES = (64, 96)  # the no-GPU dry run of the GPU step, on the CPU
 DIM = 128
 PROVIDERS = {"eager": "eager", "chunked_cpu": "chunked"}
 
 
-def _inputs(n: int, d: int = DIM) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(n: int, d: int = DIM, device: str = "cpu", dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(n, d, generator=g).requires_grad_()
-    labels = torch.arange(n // 2).repeat(2)  # two views per video
+    z = torch.randn(n, d, generator=g).to(device, dtype).requires_grad_()
+    labels = torch.arange(n // 2).repeat(2).to(device)  # two views per video
     return z, labels
 
 
-def _step(z: torch.Tensor, labels: torch.Tensor, backend: str) -> None:
-    contrastive_loss(z, z, labels, backend=backend).backward()
-    z.grad = None
-
-
-def _timed(fn, threads: int | None = None) -> tuple[float, float]:
-    """(wall s, process CPU s) of one ``fn()``; ``threads`` temporarily sets torch's intra-op threads."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads or saved)
-    try:
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        return time.perf_counter() - t0, time.process_time() - c0
-    finally:
-        torch.set_num_threads(saved)
+def _step(z: torch.Tensor, labels: torch.Tensor, backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward + backward; returns (loss, dz)."""
+    loss = contrastive_loss(z, z, labels, backend=backend)
+    loss.backward()
+    grad, z.grad = z.grad, None
+    return loss.detach(), grad
 
 
 def peak_extra_bytes(fn) -> int:
@@ -80,35 +75,81 @@ def peak_extra_bytes(fn) -> int:
 
 def _cpu_rows() -> list[dict]:
     rows = []
-    for backend in PROVIDERS.values():  # warm-up: first-call dispatch/allocator costs out of the timed runs
-        _step(*_inputs(256), backend)
     for n in SHAPES:
         z, labels = _inputs(n)
         shape = f"N={n},D={DIM}"
         res = {}
         for provider, backend in PROVIDERS.items():
-            step = lambda z=z, labels=labels, backend=backend: _step(z, labels, backend)
-            wall, _ = _timed(step)
-            _, cpu1 = _timed(step, threads=1)
-            res[provider] = (wall, cpu1, peak_extra_bytes(step))
-            for metric, value in (("fwd_bwd_wall_s", wall), ("fwd_bwd_cpu_s_1thread", cpu1),
-                                  ("peak_extra_mb", res[provider][2] / 2**20)):
-                rows.append(dict(kernel="contrastive_loss", provider=provider, shape=shape, metric=metric,
-                                 value=f"{value:.4f}"))
-        (we, ce, me), (wc, cc, mc) = res["eager"], res["chunked_cpu"]
-        for metric, value in (("mem_reduction_vs_eager_x", me / max(mc, 1)), ("wall_vs_eager_x", wc / we),
+            step = partial(_step, z, labels, backend)
+            t = bench(step, threads=1, reps=3)
+            res[provider] = (t.median, peak_extra_bytes(step))
+            row = dict(kernel="contrastive_loss", provider=provider, shape=shape)
+            rows += timing_rows(row, "fwd_bwd_cpu_s_1thread", t)
+            rows.append({**row, "metric": "peak_extra_mb", "value": f"{res[provider][1] / 2**20:.4f}"})
+        (ce, me), (cc, mc) = res["eager"], res["chunked_cpu"]
+        for metric, value in (("mem_reduction_vs_eager_x", me / max(mc, 1)),
                               ("cpu_1thread_vs_eager_x", cc / ce), ("loadavg_1min", os.getloadavg()[0])):
             rows.append(dict(kernel="contrastive_loss", provider="chunked_cpu", shape=shape, metric=metric,
                              value=f"{value:.3f}"))
-        print(f"contrastive {shape}: eager {we:.2f}s wall {ce:.2f}s cpu(1t) {me / 2**20:.1f}MB | chunked "
-              f"{wc:.2f}s wall {cc:.2f}s cpu(1t) {mc / 2**20:.1f}MB -> {me / max(mc, 1):.0f}x less memory, "
-              f"{wc / we:.2f}x wall, {cc / ce:.2f}x cpu(1t); load avg {os.getloadavg()[0]:.1f}", flush=True)
+        print(f"contrastive {shape}: eager {ce:.2f}s cpu(1t) {me / 2**20:.1f}MB | chunked {cc:.2f}s cpu(1t) "
+              f"{mc / 2**20:.1f}MB -> {me / max(mc, 1):.0f}x less memory, {cc / ce:.2f}x cpu(1t); "
+              f"load avg {os.getloadavg()[0]:.1f}", flush=True)
     return rows
+
+
+def _peak_bytes(fn, device: str) -> int | None:
+    """Peak bytes allocated during ``fn()`` beyond those live before it, on a CUDA ``device`` (None on a CPU:
+    the dry run skips the profiler replay of ``peak_extra_bytes``)."""
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def gpu_rows(device: str, checks: Checks, small: bool = False) -> list[dict]:
+    """Step 3 of ``make gpu-check``: fused vs eager forward + backward time and peak memory on ``device``
+    (the default backend is the fused one: Triton on CUDA, the chunked path on a CPU); fused results that
+    differ from eager are recorded in ``checks``; an eager run that runs out of memory is a row saying so."""
+    rows = []
+    for n in SMALL_SHAPES if small else GPU_SHAPES:
+        for tag, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            z, labels = _inputs(n, DIM, device, dt)
+            row = dict(kernel="contrastive_loss", shape=f"N={n},D={DIM},{tag}")
+            res = {}
+            for provider, backend in (("fused", None), ("eager", "eager")):
+                step = partial(_step, z, labels, backend)
+                try:
+                    res[provider] = step()
+                    mem = _peak_bytes(step, device)
+                    t = bench(step, device, budget_ms=200, reps=1 if small else 5)
+                except torch.OutOfMemoryError:
+                    res.pop(provider, None)
+                    torch.cuda.empty_cache()
+                    rows.append({**row, "provider": provider, "metric": "fwd_bwd_time_ms",
+                                 "value": "out of memory"})
+                    continue
+                rows += timing_rows({**row, "provider": provider}, "fwd_bwd_time_ms", t, 1e3)
+                if mem is not None:
+                    rows.append({**row, "provider": provider, "metric": "peak_mb",
+                                 "value": f"{mem / 2**20:.1f}"})
+            if "eager" in res and "fused" in res:
+                tol = 1e-4 if dt == torch.float32 else 3e-2
+                for i, what in enumerate(("loss", "dz")):
+                    a, b = res["fused"][i].double(), res["eager"][i].double()
+                    err = ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
+                    checks.within(f"contrastive {row['shape']}: fused vs eager {what} (relative)", err, tol)
+            del res, z
+            torch.cuda.empty_cache()  # (a no-op without CUDA)
+    return [{**r, "device": device_label(device)} for r in rows]
 
 
 def _aot_rows() -> list[dict]:
     rows = []
-    for name, arch, res in aot_compile_shipped(archs=(80, 90)):
+    for name, arch, res in aot_compile_configs(shipped_configs(), archs=(80, 90)):
         for metric, value in (("registers", res.registers), ("spill_bytes", res.spill_bytes),
                               ("shared_bytes", res.shared), ("num_warps", res.num_warps)):
             rows.append(dict(kernel=f"contrastive{name}", provider="triton_aot", shape=f"sm_{arch}",
@@ -120,9 +161,13 @@ def _aot_rows() -> list[dict]:
 
 
 def run(out_dir: Path) -> None:
-    """Append eager-vs-chunked CPU rows and AOT register/spill rows to ``out_dir/kernels.csv``."""
+    """Append CPU rows, GPU rows (with CUDA) and AOT register/spill rows to ``out_dir/kernels.csv``."""
     torch.set_grad_enabled(True)
-    append_rows(Path(out_dir) / "kernels.csv", _cpu_rows() + _aot_rows())
+    checks = Checks()
+    gpu = gpu_rows("cuda", checks) if torch.cuda.is_available() else []
+    if checks.failures:
+        raise RuntimeError("contrastive: wrong GPU results: " + "; ".join(checks.failures))
+    append_rows(Path(out_dir) / "kernels.csv", _cpu_rows() + gpu + _aot_rows())
 
 
 if __name__ == "__main__":

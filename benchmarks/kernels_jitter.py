@@ -1,22 +1,28 @@
-"""Fused pace/jitter op: per-frame eager torchvision reference vs the fused CPU path (and Triton on a GPU).
+"""Fused pace/jitter op: the per-frame torchvision reference vs the fused versions, on the CPU and the GPU.
 
 Workload (issue 3): a batch of 30 clips x 16 output frames, 112x112 crops of frames decoded at 128x171,
 uint8 in, random crop/flip per clip and ColorJitter(0.8, 0.8, 0.8, 0.2) with p=0.8 per frame
-(``vpace.augment.sample_params``), Kinetics normalization, fp32 and bf16 out.
+(``vpace.augment.sample_params``), Kinetics normalization, fp32 and bf16 out; on a GPU also 64 clips x 16
+frames of 224x224 from 256x340 (S3D-G's input).
 
-Providers: ``eager_reference`` (``pace_jitter_reference``: a Python loop over frames with
+CPU providers (``cpu_rows``): ``eager_reference`` (``pace_jitter_reference``: a Python loop over frames with
 ``torchvision.transforms.v2.functional``), ``fused_cpu`` (``backend="cpu"``: the C kernel of
-``kernels/pace_jitter_cpu.py``, per-frame branches, threads over frames), ``fused_cpu_no_jitter`` (the same
-kernel with ``center_params``, i.e. the eval transform: gather + crop + normalize), ``eager_vectorized``
-(``backend="cpu_eager"``: the plain-torch fallback, frames grouped by op order), ``triton`` (CUDA only).
-Every call allocates its output, as the op does. Time is recorded as wall time with torch's default threads
-and as process CPU time (user + system, so page faults count) with one thread, the steadier number on a
-shared machine; the 1-minute load average is recorded too. ``fused_cpu``'s first call (building the C
-kernel, ~0.5 s, or loading it from the disk cache) is a separate metric.
+``kernels/pace_jitter_cpu.py``), ``fused_cpu_no_jitter`` (the same kernel with ``center_params``, i.e. the
+eval transform), ``eager_vectorized`` (``backend="eager"``: batched torch, frames grouped by op order). Every
+call allocates its output, as the op does. Time: process CPU time (user + system, so page faults count) with
+one thread, the steady number on a shared machine; ``fused_cpu``'s first call (building the C kernel, ~0.5 s,
+or loading it from the disk cache) is a separate metric.
+
+GPU providers (``gpu_rows``, ``make gpu-check``): ``eager_reference`` (timed on ``REF_CLIPS`` clips and scaled
+to the batch: it is a per-frame loop, linear in frames), ``eager_batched`` (``backend="eager"`` on the GPU),
+``triton_op`` (``pace_jitter``: validation + launch) and ``triton_kernel`` (the launch alone, on validated
+arguments), timed with ``triton.testing.do_bench`` (median, 20/80 quantiles), with bytes moved, achieved
+GB/s and the fraction of the copy bandwidth measured in the same run.
 
 Bytes moved per clip from/to memory (T output frames of h x w, F unique decoded frames, o = output bytes per
 element; on top of any version, the OS zero-fills the fresh output's pages once, another 3*h*w*T*o):
   * floor (any implementation): read the unique frames' crops once + write the output = 3*h*w*(F + T*o).
+    The GPU rows' achieved GB/s counts these bytes (what the op must move).
   * Triton kernel: 3*h*w*(T + T*o) from DRAM: each output frame's crop is read by its own program (a slow-pace
     repeat is read again, usually from L2), pass 1 (gray mean) re-reads the same 3*h*w bytes from L1/L2.
   * fused CPU: the same 3*h*w*(T + T*o): each output frame's crop is read once into a per-thread float frame
@@ -27,45 +33,48 @@ element; on top of any version, the OS zero-fills the fresh output's pages once,
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import append_rows
+from benchmarks.common import Checks, Timing, append_rows, bench, copy_bandwidth, device_label, timing_rows
 
 B, F, T, H, W, CROP = 30, 16, 16, 128, 171, 112
 SHAPE = f"B={B} T={T} {CROP}x{CROP} from {H}x{W}"
+GPU_SHAPES = ((30, 16, 112, 128, 171), (64, 16, 224, 256, 340))  # (B, T, crop, H, W); F = T (pace 1)
+SMALL_SHAPES = ((2, 4, 16, 20, 26),)  # the no-GPU dry run: every GPU step at a tiny size on the CPU
+REF_CLIPS = 4  # clips the per-frame reference is timed on (GPU rows), then scaled to the batch
 MEAN, STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _inputs(device: str = "cpu", batch: int = B):
+def _inputs(device: str = "cpu", batch: int = B, t: int = T, h: int = H, w: int = W, crop: int = CROP):
     from vpace.augment import sample_params
 
     g = torch.Generator().manual_seed(0)
-    frames = torch.randint(0, 256, (batch, F, H, W, 3), dtype=torch.uint8, generator=g).to(device)
-    index_map = torch.arange(T).repeat(batch, 1).to(device)  # pace 1: every output frame is a unique frame
-    return frames, index_map, sample_params(batch, T, H, W, crop=CROP, generator=g).to(device)
+    frames = torch.randint(0, 256, (batch, t, h, w, 3), dtype=torch.uint8, generator=g).to(device)
+    index_map = torch.arange(t).repeat(batch, 1).to(device)  # pace 1: every output frame is a unique frame
+    return frames, index_map, sample_params(batch, t, h, w, crop=crop, generator=g).to(device)
 
 
-def _timed(fn, threads: int | None = None, repeat: int = 1) -> tuple[float, float]:
-    """(best wall s, best process CPU s) of ``repeat`` calls; ``threads`` sets intra-op threads."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads or saved)
-    walls, cpus = [], []
-    try:
-        for _ in range(repeat):
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            walls.append(time.perf_counter() - t0)
-            cpus.append(time.process_time() - c0)
-    finally:
-        torch.set_num_threads(saved)
-    return min(walls), min(cpus)
+def _first(params, n: int):
+    """The record of the batch's first ``n`` clips."""
+    return dataclasses.replace(params, crop_yx=params.crop_yx[:n], flip=params.flip[:n],
+                               apply=params.apply[:n], factors=params.factors[:n], order=params.order[:n])
+
+
+def _err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max abs error in 0..1 pixel units (before normalization)."""
+    std = torch.tensor(STD, device=out.device).view(1, 3, 1, 1, 1)
+    return ((out.float() - ref.float()) * std).abs().max().item()
+
+
+def _tol(dt: torch.dtype) -> float:
+    """fp32: the tests' 1e-4; 16-bit: one rounding of a normalized value (|x| <= ~4.5) in 0..1 units."""
+    return 1e-4 if dt == torch.float32 else torch.finfo(dt).eps * 4.5 * max(STD) + 1e-4
 
 
 def eager_bytes_per_clip() -> int:
@@ -101,7 +110,8 @@ def _row(provider: str, metric: str, value, shape: str = SHAPE, **kw) -> dict:
     return dict(kernel="pace_jitter", provider=provider, shape=shape, metric=metric, value=value, **kw)
 
 
-def _cpu_rows(quick: bool = False) -> list[dict]:
+def cpu_rows(quick: bool = False) -> list[dict]:
+    """CPU time (1 thread) of the reference and the CPU versions, speed-ups and errors vs the reference."""
     from vpace.augment import center_params
     from vpace_kernels.pace_jitter import pace_jitter, pace_jitter_reference
 
@@ -113,63 +123,93 @@ def _cpu_rows(quick: bool = False) -> list[dict]:
         call("cpu", dt)
     rows = [_row("fused_cpu", "first_call_s", f"{time.perf_counter() - t0:.2f}")]
     records = {"jitter": params, "no_jitter": center}
-    refs, expect = {}, {}  # per record: reference (wall, cpu 1 thread), reference output
+    refs, expect = {}, {}  # per record: reference timing, reference output
     for rec, p in records.items():
         ref = lambda p=p: pace_jitter_reference(frames, index_map, p, MEAN, STD)  # noqa: E731
-        refs[rec] = (_timed(ref, repeat=2)[0], _timed(ref, threads=1, repeat=3)[1])
+        refs[rec] = bench(ref, threads=1, reps=3)
         expect[rec] = ref()
-        name = "eager_reference" + ("" if rec == "jitter" else "_no_jitter")
-        rows += [_row(name, "wall_s", f"{refs[rec][0]:.4f}"),
-                 _row(name, "cpu_s_1thread", f"{refs[rec][1]:.4f}")]
+        rows += timing_rows(_row("eager_reference" + ("" if rec == "jitter" else "_no_jitter"), "", ""),
+                            "cpu_s_1thread", refs[rec])
     fp32 = {"fp32": torch.float32}
     cases = [("fused_cpu", "cpu", "jitter", DTYPES), ("fused_cpu_no_jitter", "cpu", "no_jitter", fp32)]
     if not quick:
-        cases.append(("eager_vectorized", "cpu_eager", "jitter", fp32))
-    std = torch.tensor(STD).view(1, 3, 1, 1, 1)
+        cases.append(("eager_vectorized", "eager", "jitter", fp32))
     for name, backend, rec, dtypes in cases:  # each vs the reference on the same record
-        ref_wall, ref_cpu = refs[rec]
         for tag, dt in dtypes.items():
             fn = lambda b=backend, d=dt, p=records[rec]: call(b, d, p)  # noqa: E731
-            wall, _ = _timed(fn, repeat=3 if backend == "cpu" else 2)
-            _, cpu = _timed(fn, threads=1, repeat=3 if backend == "cpu" else 2)
-            err = ((fn().float() - expect[rec]) * std).abs().max().item()  # 0..1 pixel units
+            t = bench(fn, threads=1, reps=3 if backend == "cpu" else 2)
             name_tag = f"{name}_{tag}"
-            rows += [_row(name_tag, "wall_s", f"{wall:.4f}"), _row(name_tag, "cpu_s_1thread", f"{cpu:.4f}"),
-                     _row(name_tag, "speedup_vs_reference_wall_x", f"{ref_wall / wall:.2f}"),
-                     _row(name_tag, "speedup_vs_reference_cpu_1thread_x", f"{ref_cpu / cpu:.2f}"),
-                     _row(name_tag, "max_abs_err_vs_reference", f"{err:.2e}")]
+            rows += timing_rows(_row(name_tag, "", ""), "cpu_s_1thread", t)
+            speedup = refs[rec].median / t.median
+            rows += [_row(name_tag, "speedup_vs_reference_cpu_1thread_x", f"{speedup:.2f}"),
+                     _row(name_tag, "max_abs_err_vs_reference", f"{_err(fn(), expect[rec]):.2e}")]
     rows.append(_row("machine", "loadavg_1min", f"{os.getloadavg()[0]:.1f}"))
     return rows
 
 
-def _gpu_rows() -> list[dict]:
-    from vpace_kernels.pace_jitter import pace_jitter, pace_jitter_reference
+def gpu_rows(device: str, checks: Checks, small: bool = False) -> list[dict]:
+    """Step 2 of ``make gpu-check``: reference vs batched eager vs the fused op and kernel on ``device``, with
+    bytes moved and achieved GB/s against the copy bandwidth; wrong outputs are recorded in ``checks``.
+    ``small``: tiny shapes (the no-GPU dry run on the CPU, where the fused kernel is the C kernel)."""
+    copy_gbps, copy_t = copy_bandwidth(device, 1 << 20 if small else 1 << 30)
+    size = "1 MiB" if small else "1 GiB"
+    rows = timing_rows(_row("copy", "", "", shape=f"{size} device-to-device"), "time_ms", copy_t, 1e3)
+    rows.append(_row("copy", "GBps", f"{copy_gbps:.1f}", shape=f"{size} device-to-device"))
+    for shape in SMALL_SHAPES if small else GPU_SHAPES:
+        rows += _shape_rows(device, *shape, copy_gbps, checks, reps=1 if small else 5)
+    return [{**r, "device": device_label(device)} for r in rows]
 
-    if not torch.cuda.is_available():
-        return []
-    frames, index_map, params = _inputs("cuda")
-    dev = torch.cuda.get_device_name()
-    ref_wall, _ = _timed(lambda: pace_jitter_reference(frames, index_map, params, MEAN, STD), repeat=2)
-    rows = [_row("eager_reference", "wall_s", f"{ref_wall:.4f}", device=dev)]
+
+def _shape_rows(device, b, t, crop, h, w, copy_gbps: float, checks: Checks, reps: int) -> list[dict]:
+    from functools import partial
+
+    from vpace_kernels.pace_jitter import pace_jitter, pace_jitter_reference, pace_jitter_triton, pick_backend
+    from vpace_kernels.pace_jitter_cpu import pace_jitter_cpu
+    from vpace_kernels.pace_jitter_spec import validate
+
+    shape = f"B={b} T={t} {crop}x{crop} from {h}x{w}"
+    frames, index_map, p = _inputs(device, b, t, h, w, crop)
+    n_ref = min(b, REF_CLIPS)
+    reference = partial(pace_jitter_reference, frames[:n_ref], index_map[:n_ref], _first(p, n_ref), MEAN, STD)
+    t_ref = bench(reference, device, budget_ms=100, reps=reps)
+    t_ref = Timing(*(v * b / n_ref for v in (t_ref.median, t_ref.q20, t_ref.q80)), t_ref.n)
+    rows = timing_rows(_row("eager_reference", "", "", shape=f"{shape} (timed on {n_ref} clips, scaled)"),
+                       "time_ms", t_ref, 1e3)
+    expect = reference()
+    kernel = pace_jitter_triton if pick_backend(frames) == "triton" else pace_jitter_cpu
     for tag, dt in DTYPES.items():
-        fn = lambda d=dt: pace_jitter(frames, index_map, params, MEAN, STD, d)  # noqa: E731
-        fn()
-        wall, _ = _timed(fn, repeat=10)
-        rows += [_row(f"triton_{tag}", "wall_s", f"{wall:.6f}", device=dev),
-                 _row(f"triton_{tag}", "speedup_vs_reference_x", f"{ref_wall / wall:.1f}", device=dev)]
+        floor = b * 3 * crop * crop * (t + t * torch.finfo(dt).bits // 8)  # F = T unique frames + output
+        calls = {"eager_batched": partial(pace_jitter, frames, index_map, p, MEAN, STD, dt, backend="eager"),
+                 "triton_op": partial(pace_jitter, frames, index_map, p, MEAN, STD, dt),
+                 "triton_kernel": partial(kernel, frames, index_map, p,
+                                          *validate(frames, index_map, p, MEAN, STD, dt), dt)}
+        fused = calls["triton_kernel"]()
+        what = f"pace_jitter {shape} {tag}"
+        checks.within(f"{what}: fused vs reference", _err(fused[:n_ref], expect), _tol(dt))
+        checks.within(f"{what}: eager vs fused", _err(calls["eager_batched"](), fused), _tol(dt))
+        times = {name: bench(fn, device, budget_ms=100, reps=reps) for name, fn in calls.items()}
+        sh = f"{shape} out={tag}"
+        for name, tm in times.items():
+            rows += timing_rows(_row(name, "", "", shape=sh), "time_ms", tm, 1e3)
+        k = times["triton_kernel"].median
+        gbps = floor / k / 1e9
+        rows += [_row("triton_kernel", metric, value, shape=sh) for metric, value in (
+            ("bytes_floor", floor), ("GBps", f"{gbps:.1f}"),
+            ("pct_of_copy_bandwidth", f"{100 * gbps / copy_gbps:.1f}"),
+            ("speedup_vs_reference_x", f"{t_ref.median / k:.1f}"),
+            ("speedup_vs_eager_batched_x", f"{times['eager_batched'].median / k:.1f}"))]
     return rows
 
 
 def _aot_rows() -> list[dict]:
-    from vpace_kernels.pace_jitter import aot_compile_configs
+    from vpace_kernels.aot import aot_compile_configs
+    from vpace_kernels.pace_jitter import shipped_configs
 
     rows = []
-    for cfg, dt, res in aot_compile_configs(archs=(80, 90)):
-        shape = f"BLOCK={cfg['BLOCK']} warps={cfg['num_warps']} out={str(dt).replace('torch.', '')}"
+    for name, arch, res in aot_compile_configs(shipped_configs(), archs=(80, 90)):
         for metric, value in (("registers", res.registers), ("spill_bytes", res.spill_bytes),
-                              ("shared_bytes", res.shared)):
-            rows.append(_row("triton_aot", metric, value, shape=shape,
-                             device=f"sm_{res.arch} (ptxas, no GPU)"))
+                              ("shared_bytes", res.shared), ("num_warps", res.num_warps)):
+            rows.append(_row("triton_aot", metric, value, shape=name, device=f"sm_{arch} (ptxas, no GPU)"))
     return rows
 
 
@@ -186,7 +226,11 @@ def _bytes_rows() -> list[dict]:
 
 def measure(quick: bool = False) -> list[dict]:
     """All rows: CPU timings, GPU timings (if CUDA), bytes per clip and AOT registers/spills."""
-    return _cpu_rows(quick) + _gpu_rows() + _bytes_rows() + _aot_rows()
+    checks = Checks()
+    gpu = gpu_rows("cuda", checks) if torch.cuda.is_available() else []
+    if checks.failures:
+        raise RuntimeError("pace_jitter: wrong GPU results: " + "; ".join(checks.failures))
+    return cpu_rows(quick) + gpu + _bytes_rows() + _aot_rows()
 
 
 def print_table(rows: list[dict] | None = None, quick: bool = True) -> None:

@@ -7,6 +7,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from benchmarks.source_tree import use_source_tree
+
 AREAS = ("data", "kernels_jitter", "kernels_contrastive", "train")
 
 
@@ -18,6 +20,7 @@ def main(argv: list[str]) -> int:
     unknown = [a for a in areas if a not in AREAS]
     if unknown:
         ap.error(f"unknown area(s) {', '.join(unknown)}; valid: {', '.join(AREAS)}")
+    use_source_tree()
     out_dir = Path(__file__).parent / "results"
     for area in areas:
         print(f"== benchmark {area}", flush=True)

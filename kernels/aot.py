@@ -5,9 +5,10 @@ Compiling every shipped config to PTX + cubin with ``triton.compile(ASTSource(..
 proves the kernel is real GPU code, and Triton's bundled ``ptxas -v`` tells us registers and spills
 (the CUDA driver, which normally reports ``n_regs``/``n_spills``, is not available here).
 
-Interpreter mode replaces ``@triton.jit`` functions by interpreter objects that cannot be compiled, so when
-``TRITON_INTERPRET`` is set in this process, :func:`aot_compile` transparently re-runs itself in a child
-process without it (the kernel must then be importable as ``module.qualname``).
+Interpreter mode replaces ``@triton.jit`` functions by interpreter objects that cannot be compiled, so for an
+interpreted kernel :func:`aot_compile` transparently re-runs itself in a child process without
+``TRITON_INTERPRET`` (the kernel must then be importable as ``module.qualname``, with this process's
+``sys.path``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import tempfile
 from typing import Any
 
-__all__ = ["AotResult", "aot_compile", "aot_compile_many", "ptxas_path", "interpret_mode"]
+__all__ = ["AotResult", "aot_compile", "aot_compile_configs", "aot_compile_many", "ptxas_path"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +39,6 @@ class AotResult:
     shared: int  # static shared memory, bytes (Triton's metadata)
     num_warps: int
     num_stages: int
-
-
-def interpret_mode() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (set before importing triton)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
 
 
 def ptxas_path(arch: int) -> str:
@@ -100,7 +96,7 @@ def _compile_in_child(fn, jobs: list[dict]) -> list[AotResult]:
         job_path, out = os.path.join(tmp, "job.pkl"), os.path.join(tmp, "result.pkl")
         with open(job_path, "wb") as f:
             pickle.dump(dict(module=module, qualname=qualname, jobs=jobs, out=out), f)
-        code = f"from vpace_kernels.aot import _child_main; _child_main({job_path!r})"
+        code = f"from {__package__}.aot import _child_main; _child_main({job_path!r})"
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"AOT compile of {module}.{qualname} failed:\n{proc.stderr}")
@@ -111,7 +107,7 @@ def _compile_in_child(fn, jobs: list[dict]) -> list[AotResult]:
 def aot_compile_many(fn, jobs: list[dict]) -> list[AotResult]:
     """Compile several variants of one kernel; each job holds :func:`aot_compile`'s arguments.
 
-    Under ``TRITON_INTERPRET`` all jobs share one child process (importing torch + triton costs seconds).
+    For an interpreted kernel all jobs share one child process (importing torch + triton costs seconds).
     """
     norm = []
     for job in jobs:
@@ -121,7 +117,9 @@ def aot_compile_many(fn, jobs: list[dict]) -> list[AotResult]:
             raise ValueError(f"constexprs: no value for constexpr argument(s) {missing}")
         norm.append(dict(signature=sig, constexprs=consts, arch=int(job.get("arch", 90)),
                          num_warps=int(job.get("num_warps", 4)), num_stages=int(job.get("num_stages", 3))))
-    if interpret_mode():
+    from .utils import interpreted  # (not at import: the compile child process then skips torch)
+
+    if interpreted(fn):
         return _compile_in_child(fn, norm)
     return [_compile_here(fn, **job) for job in norm]
 
@@ -131,12 +129,34 @@ def aot_compile(fn, signature: dict[str, str], constexprs: dict[str, Any], *, ar
     """Compile ``fn`` (a ``@triton.jit`` kernel) for ``sm_<arch>`` and report registers/spills.
 
     ``signature`` maps every argument name to a Triton type (``"*fp32"``, ``"i32"``, ``"constexpr"``...);
-    ``constexprs`` gives the value of each constexpr argument. Works without a GPU and without
-    ``TRITON_INTERPRET`` (if it is set, the compile runs in a child process).
+    ``constexprs`` gives the value of each constexpr argument. Works without a GPU, and for kernels built by
+    the interpreter (the compile then runs in a child process).
     """
     job = dict(signature=signature, constexprs=constexprs, arch=arch, num_warps=num_warps,
                num_stages=num_stages)
     return aot_compile_many(fn, [job])[0]
+
+
+def aot_compile_configs(configs: list[dict], archs: tuple[int, ...] = (80, 90)) -> list[tuple[str, int, Any]]:
+    """Compile a kernel module's ``shipped_configs()`` for each arch: ``[(config name, arch, AotResult)]``.
+
+    One ``aot_compile_many`` per kernel function, two at a time (for interpreted kernels each is a child
+    process).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    groups: dict = {}
+    for cfg in configs:
+        for arch in archs:
+            groups.setdefault(cfg["fn"], []).append((cfg, arch))
+
+    def compile_group(fn):
+        jobs = [dict(signature=c["signature"], constexprs=c["constexprs"], arch=a, num_warps=c["num_warps"],
+                     num_stages=c["num_stages"]) for c, a in groups[fn]]
+        return [(c["name"], a, r) for (c, a), r in zip(groups[fn], aot_compile_many(fn, jobs), strict=True)]
+
+    with ThreadPoolExecutor(2) as pool:
+        return [row for rows in pool.map(compile_group, list(groups)) for row in rows]
 
 
 def _child_main(job_path: str) -> None:

@@ -1,58 +1,43 @@
 """Fused supervised contrastive loss (InfoNCE / SupCon / MoCo queue) that never builds N x (N+K) logits.
 
-Row loss: ``LSE_i - mean_{j in P(i)} s_ij`` with ``s_ij = q_i . k_j / tau`` over keys then queue, P(i) the
-keys (never the queue) whose label equals ``labels[i]`` (``j != i`` when ``exclude_self``). The loss is the
-mean over rows that have a positive; the others are excluded and counted.
-
-Three implementations of the same op, Liger style:
+The loss, its arguments and their checks are ``contrastive_spec``. Three implementations, Liger style:
 - Triton (CUDA, and CPU under ``TRITON_INTERPRET=1``): a forward kernel does an online (flash-attention)
   max/sum over key tiles then queue tiles and emits per-row LSE, positive-logit sum and positive count; the
   backward recomputes the tiles in two deterministic kernels (dq over rows, dk over key tiles; no atomics).
-- Chunked PyTorch (CPU training, and CUDA fallback for D > 256 or float64; ``kernels/contrastive_cpu.py``,
-  with the argument checks and L2 normalisation every backend shares): the same online LSE over row x column
-  tiles with recomputation in backward, memory O(N*D + tile^2) (within the issue's O(N*D + N*chunk)).
-  Positive terms are linear in the logits, so they come from per-label sums of keys/queries in O(N*D).
+- Chunked PyTorch (``contrastive_cpu.py``; CPU training, and the CUDA fallback for D > 256 or float64): the
+  same online LSE over row x column tiles with recomputation in backward, memory O(N*D + tile^2).
 - Eager reference: full logits and ``log_softmax``; autograd gives the gradients. Ground truth for tests.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
 
-from .contrastive_cpu import TAU_RANGE, _chunked_backward, _chunked_forward, _prepare
+from .contrastive_cpu import chunked_backward, chunked_forward
+from .contrastive_spec import BACKENDS, ContrastiveStats, prepare
+from .utils import TRITON_DTYPES, triton_can_run
 
-__all__ = ["contrastive_loss", "contrastive_loss_reference", "ContrastiveStats", "shipped_configs",
-           "aot_compile_shipped", "TAU_RANGE", "MAX_TRITON_DIM"]
+__all__ = ["MAX_TRITON_DIM", "contrastive_loss", "contrastive_loss_reference", "pick_backend",
+           "shipped_configs"]
 
 MAX_TRITON_DIM = 256  # a q tile must fit in registers for the logits dot; larger D uses the chunked path
 # (kernel, input kind, BLOCK_D) -> (BLOCK_M, BLOCK_N, num_warps, num_stages[, BLOCK_DV]): the largest tiles
-# with zero register spills on sm_80 and sm_90 (ptxas -v via kernels.aot). fp32 uses 3xTF32 dots, which hold
+# with zero register spills on sm_80 and sm_90 with Triton 3.6 and 3.8 (ptxas -v via vpace_kernels.aot; the
+# GPU machines carry 3.6, where three of 3.8's fp32 choices spilled). fp32 uses 3xTF32 dots, which hold
 # more operand registers, hence smaller tiles; for D > 128 its backward programs also split the output columns
 # (BLOCK_DV, default BLOCK_D). D <= 128 shares the 128 configs (fewer kernels to compile and check; small D is
 # bound by the exp work, not the dots). Every entry is AOT-compiled by the tests and the benchmark.
 _BLOCK_DS = (128, 256)
 _CONFIGS = {
     ("fwd", "16", 128): (64, 64, 4, 2), ("fwd", "16", 256): (64, 64, 8, 2),
-    ("fwd", "32", 128): (64, 32, 8, 2), ("fwd", "32", 256): (16, 32, 4, 2),
+    ("fwd", "32", 128): (32, 64, 8, 2), ("fwd", "32", 256): (16, 32, 4, 2),
     ("dq", "16", 128): (64, 64, 8, 2), ("dq", "16", 256): (32, 64, 8, 2),
-    ("dq", "32", 128): (16, 32, 4, 2), ("dq", "32", 256): (16, 32, 4, 2, 128),
+    ("dq", "32", 128): (16, 32, 4, 2), ("dq", "32", 256): (16, 32, 8, 2, 128),
     ("dk", "16", 128): (64, 64, 8, 2), ("dk", "16", 256): (64, 32, 8, 2),
-    ("dk", "32", 128): (32, 16, 4, 2), ("dk", "32", 256): (32, 16, 4, 2, 128),
+    ("dk", "32", 128): (32, 16, 4, 2), ("dk", "32", 256): (32, 16, 8, 2, 128),
 }
-_TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-class ContrastiveStats(NamedTuple):
-    """Per-call counts (0-dim int64 tensors on the input device, so reading them is the caller's sync)."""
-
-    rows: torch.Tensor
-    rows_used: torch.Tensor
-    rows_without_positive: torch.Tensor
-
 
 # ----------------------------------------------------------------------------------------------- Triton
 
@@ -78,7 +63,9 @@ def _online_lse(m_i, l_i, s):
     return m_new, l_i
 
 
-@triton.jit
+# Row counts and the exclude flag are not specialized (every N would compile again); D and the row strides
+# are, so rows aligned to 16 elements get vector loads.
+@triton.jit(do_not_specialize=["N", "NQ", "exclude"])
 def _fwd_kernel(Q, K, QU, LAB, LSE, POS, CNT, N, NQ, D, stride_q, stride_k, stride_u, scale, exclude,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -120,7 +107,7 @@ def _row_terms(LAB, LSE, W, C, offs, ok):
             tl.load(W + offs, mask=ok, other=0.0), tl.load(C + offs, mask=ok, other=0.0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "NQ", "exclude"])
 def _bwd_dq_kernel(Q, K, QU, LAB, LSE, W, C, DQ, N, NQ, D, stride_q, stride_k, stride_u, scale, exclude,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
                    BLOCK_DV: tl.constexpr):
@@ -153,7 +140,7 @@ def _bwd_dq_kernel(Q, K, QU, LAB, LSE, W, C, DQ, N, NQ, D, stride_q, stride_k, s
              mask=m_ok[:, None] & (offs_v[None, :] < D))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "exclude"])
 def _bwd_dk_kernel(Q, K, LAB, LSE, W, C, DK, N, D, stride_q, stride_k, scale, exclude,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
                    BLOCK_DV: tl.constexpr):
@@ -256,7 +243,7 @@ class _ContrastiveFn(torch.autograd.Function):
             queue = None if queue is None else queue.to(acc)
             uniq, inv = torch.unique(labels, return_inverse=True)
             ctx.n_labels = len(uniq)
-            lse, pos, cnt = _chunked_forward(q, k, queue, inv, ctx.n_labels, scale, exclude)
+            lse, pos, cnt = chunked_forward(q, k, queue, inv, ctx.n_labels, scale, exclude)
             ctx.save_for_backward(q, k, queue, inv, lse, cnt)
         used = cnt > 0
         n_used = used.sum()
@@ -277,22 +264,18 @@ class _ContrastiveFn(torch.autograd.Function):
             if ctx.same and dq is not None and dk is not None:
                 dq, dk = dq.add_(dk), None
         else:
-            dq, dk = _chunked_backward(q, k, queue, labels, ctx.n_labels, lse, w, c, ctx.scale, ctx.exclude,
+            dq, dk = chunked_backward(q, k, queue, labels, ctx.n_labels, lse, w, c, ctx.scale, ctx.exclude,
                                        need_q, need_k, ctx.same and need_q)
         dq = None if dq is None else dq.to(ctx.in_dtype)
         dk = None if dk is None else dk.to(ctx.in_dtype)
         return dq, dk, None, None, None, None, None
 
 
-def _interpreted() -> bool:
-    """True when the kernels were built by Triton's interpreter (TRITON_INTERPRET set before import)."""
-    return not isinstance(_fwd_kernel, triton.runtime.JITFunction)
-
-
-def _pick_backend(q: torch.Tensor) -> str:
-    if (q.is_cuda or _interpreted()) and q.dtype in _TRITON_DTYPES and q.shape[1] <= MAX_TRITON_DIM:
-        return "triton"
-    return "chunked"
+def pick_backend(q: torch.Tensor) -> str:
+    """The backend ``backend=None`` runs: "triton" where Triton runs (CUDA, or the interpreter) for fp32 /
+    16-bit inputs with D <= MAX_TRITON_DIM, else "chunked"."""
+    on_triton = triton_can_run(q, _fwd_kernel, _bwd_dq_kernel, _bwd_dk_kernel)
+    return "triton" if on_triton and q.dtype in TRITON_DTYPES and q.shape[1] <= MAX_TRITON_DIM else "chunked"
 
 
 def contrastive_loss(q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, *,
@@ -308,18 +291,18 @@ def contrastive_loss(q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, *,
     TRITON_INTERPRET=1, i.e. tests), else "chunked"; D > 256 or float64 always use "chunked". "eager" is the
     full-logits reference.
     """
-    qn, kn, qu = _prepare(q, k, labels, queue, tau, normalize, exclude_self, lean=backend != "eager")
-    backend = backend or _pick_backend(qn)
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend: expected None or one of {BACKENDS}, got {backend!r}")
+    qn, kn, qu = prepare(q, k, labels, queue, tau, normalize, exclude_self, lean=backend != "eager")
+    backend = backend or pick_backend(qn)
     if backend == "eager":
         loss, n_used = _eager(qn, kn, qu, labels, 1.0 / tau, exclude_self)
-    elif backend in ("triton", "chunked"):
+    else:
         qc = qn.contiguous()
         kc = qc if kn is qn else kn.contiguous()
         qu = None if qu is None else qu.contiguous()
         loss, n_used = _ContrastiveFn.apply(qc, kc, qu, labels.contiguous(), 1.0 / float(tau),
                                             bool(exclude_self), backend)
-    else:
-        raise ValueError(f"backend: expected None, 'triton', 'chunked' or 'eager', got {backend!r}")
     if not return_stats:
         return loss
     rows = torch.tensor(q.shape[0], device=q.device)
@@ -364,7 +347,7 @@ _ARGS = {  # argument kinds per kernel: p = pointer to input dtype, f = fp32 poi
 
 
 def shipped_configs(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> list[dict]:
-    """Every (kernel, BLOCK_D, dtype) the launcher can pick, as ``kernels.aot.aot_compile`` arguments.
+    """Every (kernel, BLOCK_D, dtype) the launcher can pick, as ``vpace_kernels.aot`` compile jobs.
 
     fp16 shares the 16-bit configs of bf16 (same tiles, same register shapes); pass it in ``dtypes`` to check.
     """
@@ -373,33 +356,9 @@ def shipped_configs(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bflo
         fn, spec = _ARGS[name]
         for dtype in (t for t in dtypes if _kind(t) == kind):
             _, _, warps, stages, const = _config(name, block_d, dtype)
-            kinds = {"p": f"*{_TRITON_DTYPES[dtype]}", "f": "*fp32", "l": "*i64", "i": "i32", "s": "fp32"}
+            kinds = {"p": f"*{TRITON_DTYPES[dtype]}", "f": "*fp32", "l": "*i64", "i": "i32", "s": "fp32"}
             sig = {a: kinds[t] for a, t in (x.split(":") for x in spec.split())}
             sig.update(dict.fromkeys(const, "constexpr"))
-            out.append(dict(name=f"[{name},D{block_d},{_TRITON_DTYPES[dtype]}]", fn=fn, signature=sig,
+            out.append(dict(name=f"[{name},D{block_d},{TRITON_DTYPES[dtype]}]", fn=fn, signature=sig,
                             constexprs=const, num_warps=warps, num_stages=stages))
     return out
-
-
-def aot_compile_shipped(archs: tuple[int, ...] = (80, 90), dtypes=(torch.float32, torch.bfloat16)) -> list:
-    """AOT-compile every shipped config for each arch: [(config name, arch, kernels.aot.AotResult)].
-
-    One ``aot_compile_many`` per kernel, two at a time: under TRITON_INTERPRET each is its own child process.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .aot import aot_compile_many
-
-    cfgs = shipped_configs(dtypes)
-    groups: dict = {}
-    for cfg in cfgs:
-        for arch in archs:
-            groups.setdefault(cfg["fn"], []).append((cfg, arch))
-
-    def compile_group(fn):
-        jobs = [dict(signature=c["signature"], constexprs=c["constexprs"], arch=a, num_warps=c["num_warps"],
-                     num_stages=c["num_stages"]) for c, a in groups[fn]]
-        return [(c["name"], a, r) for (c, a), r in zip(groups[fn], aot_compile_many(fn, jobs), strict=True)]
-
-    with ThreadPoolExecutor(2) as pool:
-        return [row for rows in pool.map(compile_group, list(groups)) for row in rows]

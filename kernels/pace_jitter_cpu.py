@@ -1,4 +1,4 @@
-"""CPU path of the fused pace/jitter op (see ``kernels.pace_jitter`` for the contract and the other versions).
+"""CPU path of the fused pace/jitter op (``pace_jitter_spec`` has the contract, ``pace_jitter`` the others).
 
 ``pace_jitter_cpu`` runs a small C kernel, built with the system C compiler on first use (~0.3 s, then
 cached on disk; sizes are runtime arguments, so no shape ever recompiles) and called through ctypes, one
@@ -10,9 +10,8 @@ buffer (L2) for pass 2, which runs the remaining ops, normalizes and stores. Hue
 torchvision's HSV round trip (within ~1e-6 of it). First-touch page faults of the fresh output cost about as
 much as the colour ops, so on Linux the output asks for transparent huge pages (512x fewer faults).
 
-Without a working C compiler it falls back, with a warning, to ``pace_jitter_eager`` (``backend=
-"cpu_eager"``): plain torch, jittered frames in groups that share an op order, each group's four ops run once
-on the whole group (about as fast as the per-frame reference on one thread).
+Without a working C compiler it falls back, with a warning, to ``pace_jitter_eager`` (batched torch, about
+as fast as the per-frame reference on one thread).
 
 Measured (30 clips x 16 frames, 112x112 from 128x171, CPU time on one thread, 2-core Xeon shared with other
 jobs; ``benchmarks/kernels_jitter.py``): 20.2x the per-frame torchvision reference for fp32 out (~24 ms vs
@@ -32,19 +31,19 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from .pace_jitter import JitterParams
+from .pace_jitter_eager import pace_jitter_eager
+from .pace_jitter_spec import BRIGHTNESS, CONTRAST, HUE, OUT_DTYPES, SATURATION, JitterParams
 
-__all__ = ["pace_jitter_cpu", "pace_jitter_eager", "BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"]
+__all__ = ["pace_jitter_cpu", "native_library", "cache_dir"]
 
-BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
-_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_KIND = {dt: i for i, dt in enumerate(OUT_DTYPES)}  # the C kernel's `kind`: 0 fp32, 1 bf16, 2 fp16
+_DEFINES = "".join(f"#define {name} {code}\n" for name, code in (
+    ("BRIGHTNESS", BRIGHTNESS), ("CONTRAST", CONTRAST), ("SATURATION", SATURATION), ("HUE", HUE)))
 
-_C_SOURCE = r"""
+_C_SOURCE = _DEFINES + r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <math.h>
@@ -116,9 +115,9 @@ static void op_hue(float *restrict r, float *restrict g, float *restrict b, int6
 }
 
 static void apply_op(int op, float *r, float *g, float *b, int64_t n, float f, float mean) {
-    if (op == 0) op_affine(r, g, b, n, f, 0.0f);
-    else if (op == 1) op_affine(r, g, b, n, f, mean * (1.0f - f));
-    else if (op == 2) op_saturation(r, g, b, n, f);
+    if (op == BRIGHTNESS) op_affine(r, g, b, n, f, 0.0f);
+    else if (op == CONTRAST) op_affine(r, g, b, n, f, mean * (1.0f - f));
+    else if (op == SATURATION) op_saturation(r, g, b, n, f);
     else op_hue(r, g, b, n, f);
 }
 
@@ -178,7 +177,7 @@ int pace_jitter_frames(const uint8_t *frames, int64_t F, int64_t H, int64_t W, c
         const float *fac = factors + 4 * n;
         const int jitter = apply[n] != 0;
         /* k: number of ops before contrast */
-        const int k = !jitter ? 0 : o[0] == 1 ? 0 : o[1] == 1 ? 1 : o[2] == 1 ? 2 : 3;
+        const int k = !jitter ? 0 : o[0] == CONTRAST ? 0 : o[1] == CONTRAST ? 1 : o[2] == CONTRAST ? 2 : 3;
         float gm = 0.0f;
         if (jitter) {  /* pass 1: load, ops before contrast, gray sum */
             double sum = 0.0;
@@ -347,63 +346,10 @@ def _native(lib, frames, index_map, params: JitterParams, mean_t, std_t, out_dty
 
 
 def pace_jitter_cpu(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams, mean_t: torch.Tensor,
-                    std_t: torch.Tensor, out_dtype: torch.dtype, *, native: bool = True) -> torch.Tensor:
-    """Fast CPU path (arguments already validated): the C kernel, or ``pace_jitter_eager`` when ``native`` is
-    False or the kernel cannot be built (warned once)."""
-    lib = native_library() if native else None
+                    std_t: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """Fast CPU path on arguments ``validate`` accepted: the C kernel, or ``pace_jitter_eager`` when it cannot
+    be built (warned once)."""
+    lib = native_library()
     if lib is not None:
         return _native(lib, frames, index_map, params, mean_t, std_t, out_dtype)
     return pace_jitter_eager(frames, index_map, params, mean_t, std_t, out_dtype)
-
-
-# ----------------------------------------------------------------------------------------- eager fallback
-def _gray_t(x: torch.Tensor) -> torch.Tensor:
-    """[n, 3, P] -> [n, 1, P]"""
-    return x[:, 0:1] * 0.2989 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
-
-
-def _hue_t(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
-    """The C kernel's closed-form hue rotation in torch: x [n, 3, P], hue [n, 1, 1]."""
-    r, g, b = x.unbind(1)
-    maxc, minc = x.amax(1), x.amin(1)
-    chroma = maxc - minc
-    inv = 1.0 / torch.where(chroma == 0, 1.0, chroma)
-    h6 = torch.where(maxc == g, 2.0 + (b - r) * inv, 4.0 + (r - g) * inv)
-    h6 = torch.where(maxc == r, (g - b) * inv, h6) + hue[:, 0] * 6.0
-    h6 = h6 - 6.0 * torch.floor(h6 * (1.0 / 6.0))  # [0, 6]
-    k = (h6[:, None] + torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1)) % 6.0
-    return maxc[:, None] - chroma[:, None] * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-
-
-def _ops_t(x: torch.Tensor, order: list[int], fac: torch.Tensor) -> torch.Tensor:
-    """torchvision's ops in ``order`` on frames that share it: x [n, 3, P], fac [n, 4]."""
-    for op in order:
-        f = fac[:, op].view(-1, 1, 1)
-        if op == HUE:
-            x = _hue_t(x, f)
-            continue
-        ref = 0.0 if op == BRIGHTNESS else _gray_t(x) if op == SATURATION else _gray_t(x).mean(-1, True)
-        x = (x * f + ref * (1.0 - f)).clamp_(0.0, 1.0)
-    return x
-
-
-def pace_jitter_eager(frames, index_map, params: JitterParams, mean_t, std_t, out_dtype) -> torch.Tensor:
-    """The fallback in plain torch: gather + crop + flip of all frames, then the jittered frames in groups
-    that share an op order (each group's ops run once on the whole group), then normalize."""
-    B, T = index_map.shape
-    h, w = params.crop_hw
-    x = torch.empty(B, T, h, w, 3, dtype=torch.uint8)
-    for b, ((y0, x0), flip) in enumerate(zip(params.crop_yx.tolist(), params.flip.tolist(), strict=True)):
-        crop = frames[b, :, y0:y0 + h, x0:x0 + w]
-        torch.index_select(crop.flip(2) if flip else crop, 0, index_map[b], out=x[b])
-    x = x.view(B * T, h * w, 3).transpose(1, 2).float().mul_(1.0 / 255.0)  # [B*T, 3, P]
-    apply, order = params.apply.reshape(-1), params.order.reshape(-1, 4).long()
-    fac = params.factors.reshape(-1, 4).float()
-    code = order @ torch.tensor([64, 16, 4, 1])
-    for c in code[apply].unique().tolist():
-        idx = (apply & (code == c)).nonzero().flatten()
-        for i in range(0, len(idx), 32):  # cache-sized groups
-            sl = idx[i:i + 32]
-            x[sl] = _ops_t(x[sl], order[sl[0]].tolist(), fac[sl])
-    x = (x - mean_t.view(1, 3, 1)) / std_t.view(1, 3, 1)
-    return x.view(B, T, 3, h, w).transpose(1, 2).to(out_dtype, memory_format=torch.contiguous_format)

@@ -1,4 +1,5 @@
-"""Shared fixtures: small REAL video files (PyAV) whose frames carry their own index, and broken files.
+"""Shared fixtures: the devices kernel tests run on, small REAL video files (PyAV) whose frames carry their
+own index, broken files, and the Ray-run helpers.
 
 Frame ``i`` is a 5x4 grid of flat blocks: 10 blocks hold the bits of ``i`` (dark=0, light=1) and 10 hold the
 complemented bits, so the code survives lossy compression and resizing, and a black/garbage frame is detected
@@ -7,15 +8,65 @@ as invalid instead of decoding to index 0. ``decode_index(frame)`` reads it back
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
+import torch
 
-from vpace.config import Config, load_config
+# ------------------------------------------ devices and Triton's interpreter: the one place that decides
+# A source checkout runs without `pip install` (a bare GPU machine runs `make gpu-check` from one).
+if (_root := str(Path(__file__).resolve().parents[1])) not in sys.path:
+    sys.path.append(_root)
+from benchmarks.source_tree import use_source_tree  # noqa: E402
+
+use_source_tree()
+HAS_CUDA = torch.cuda.is_available()
+# Kernels run compiled on CUDA. Without CUDA, Triton's interpreter runs them on CPU tensors; it must be on
+# before triton is first imported (triton.language's own @jit helpers are decorated at that import). It stays
+# in this process: once triton is imported its knob holds it, and fresh processes started from here (Ray
+# workers, the AOT compile child) do not inherit the variable, so they run the real CPU paths.
+if "triton" not in sys.modules:  # else it is too late to choose; INTERPRETED below says what happened
+    os.environ["TRITON_INTERPRET"] = "0" if HAS_CUDA else "1"
+    import triton
+
+    triton.knobs.runtime.interpret = not HAS_CUDA
+    del os.environ["TRITON_INTERPRET"]
+
+from vpace.config import Config, load_config  # noqa: E402
+from vpace_kernels.utils import interpreted  # noqa: E402
+
+INTERPRETED = interpreted()
+NO_CUDA = "no CUDA device here: compiled Triton kernels and CUDA paths run on a GPU (`make gpu-check`)"
+needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA)]
+needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason=(
+    "CUDA is present, so Triton kernels run compiled on cuda, not interpreted on cpu" if HAS_CUDA
+    else "triton was imported before conftest could turn TRITON_INTERPRET on"))
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=needs_cuda)]
+
+
+def on_devices(cpu: Sequence[str], cuda: Sequence[str]) -> list:
+    """``(device, backend)`` parameters of a kernel test: each of ``cpu``'s backends on CPU tensors ("triton"
+    there needs the interpreter), each of ``cuda``'s on CUDA tensors (skipped without CUDA)."""
+    return ([pytest.param("cpu", b, id=f"cpu-{b}", marks=[needs_interpreter] if b == "triton" else [])
+             for b in cpu] + [pytest.param("cuda", b, id=f"cuda-{b}", marks=needs_cuda) for b in cuda])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one); `make gpu-check` "
+                                       "runs these")
+
+
+# ------------------------------------------------------------------------------- coded video files
 
 GRID_ROWS, GRID_COLS = 4, 5
 CODE_BITS = GRID_ROWS * GRID_COLS // 2  # 10 bits + 10 complement bits -> up to 1024 frames
@@ -71,6 +122,8 @@ def write_coded_video(
     gop: int = 12,
 ) -> Path:
     """A real video whose frame ``i`` encodes ``i`` (short GOPs with B-frames, so reads must seek exactly)."""
+    import av
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
@@ -85,6 +138,8 @@ def write_coded_video(
 
 def write_broken_videos(folder: str | Path) -> dict[str, Path]:
     """One file per failure kind: truncated, truncated_stream, empty, not_a_video, zero_frames."""
+    import av
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     good = write_coded_video(folder / "_whole.mp4", 40).read_bytes()  # moov atom at the end
@@ -151,13 +206,36 @@ def ray_tmpdir():
 
 
 # ------------------------------------------------- Ray runs (shared by the train/eval/fault tests)
+# One local Ray serves every test that asks for `local_ray` (a Ray start costs 5-20 s on 2 cores). Those tests
+# run last, together (`pytest_collection_modifyitems`), so Ray starts once and idles behind no other test.
+# Tests that need this process without Ray (their own `Cluster`, or a check that nothing started Ray) ask for
+# `no_ray`, which shuts the shared one down; the next `local_ray` test would start it again.
 
 NUM_VIDEOS = 30  # 10 motion classes x 3 (2 train + 1 test); + 1 broken file in the train list
+RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}  # report() waits for the controller's poll
+
+
+def ray_env(ray_tmpdir: str) -> dict[str, str]:
+    """Environment of a process or cluster that starts its own Ray under `ray_tmpdir` (values set by the
+    user win over `RAY_TRAIN_ENV`)."""
+    return {**RAY_TRAIN_ENV, **os.environ, "RAY_TMPDIR": ray_tmpdir}
+
+
+SLOW_TIMEOUT_S = 2400  # pytest-timeout of a `slow` test: a hang guard, > 4x the slowest seen on a busy box
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests on the shared Ray run after all others (stable: file order is kept within both groups); `slow`
+    tests get the larger safety net unless they carry their own timeout."""
+    items.sort(key=lambda item: "local_ray" in getattr(item, "fixturenames", ()))
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
 
 def synthetic_set(tmp_path_factory) -> Path:
-    """The small synthetic set both train test modules use (generated once per session: make_synthetic
-    returns at once when the same set already exists)."""
+    """The small synthetic set the Ray-run tests use (generated once per session: make_synthetic returns at
+    once when the same set already exists)."""
     from vpace.data.synthetic import make_synthetic
 
     root = tmp_path_factory.getbasetemp() / "vpace_train_synth"
@@ -165,7 +243,7 @@ def synthetic_set(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def synth(tmp_path_factory) -> Path:
     """`synthetic_set` + one broken file listed in the train split (must be skipped and counted)."""
     from vpace.data import load_index
@@ -182,20 +260,79 @@ def synth(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local 2-CPU Ray for the tests of one module."""
+@pytest.fixture(scope="session")
+def _ray_home():
+    """RAY_TMPDIR of the shared Ray (short: Ray's socket paths are limited to 107 bytes) and the Train
+    settings its runs need; Ray is shut down and the folder removed when the session ends."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+    path = tempfile.mkdtemp(prefix="vpray")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in ray_env(path).items():
+            mp.setenv(k, v)
+        yield
+        ray.shutdown()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def local_ray(_ray_home: None) -> None:
+    """The shared local 2-CPU Ray (started by the first test that needs it), with the worker hook of vpace's
+    own local Ray (`vpace.train.ray_session.quiet_ray_noise`)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False,
+                 runtime_env={"worker_process_setup_hook": "vpace.train.ray_session.quiet_ray_noise"})
+
+
+@pytest.fixture
+def no_ray() -> None:
+    """This process without Ray: shuts the shared one down if it runs."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process of process group `pgid` is left (Linux /proc; elsewhere False)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):  # gone while we looked
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def own_session(cmd: Sequence[str], env: dict[str, str], out: Path, err: Path | None = None
+                ) -> Iterator[subprocess.Popen]:
+    """`cmd` (a driver that starts its own local Ray) in its own session, stdout to `out`, stderr to `err`
+    (None: to `out`). On exit its whole process group - the local Ray included - is SIGKILLed, as after a
+    real crash if it still runs, and waited for until none of it is left: nothing outlives the test."""
+    with contextlib.ExitStack() as files:
+        stdout = files.enter_context(open(out, "w"))
+        stderr = files.enter_context(open(err, "w")) if err is not None else subprocess.STDOUT
+        proc = subprocess.Popen(list(cmd), env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            while _group_alive(proc.pid):
+                time.sleep(0.2)
 
 
 def tiny(data: Path, storage: Path, name: str, *extra: str) -> Config:
-    """The shipped smoke config, shrunk further so a 2-worker run takes seconds per epoch."""
+    """The shipped smoke config, shrunk further so a 2-worker run takes seconds per epoch. Every run on `data`
+    shares one decoded-frame cache (next to it), so each video is decoded once per session."""
     return load_config("smoke", overrides=[
         f"data.index={data}", f"run.storage={storage}", f"run.name={name}", "data.epoch_size=null",
+        f"data.cache_dir={data.parent / (data.name + '_frames')}",
         "data.clip_len=8", "data.height=48", "data.width=64", "augment.crop=32", "optim.batch_size=8",
         "optim.base_batch_size=8", "scale.min_workers=2", "scale.max_workers=2", *extra])
 

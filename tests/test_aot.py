@@ -1,17 +1,15 @@
-"""AOT compilation for real GPUs without a GPU: PTX + cubin come back, ptxas -v is parsed."""
+"""AOT compilation for real GPUs without a GPU: PTX + cubin come back, ptxas -v is parsed.
 
-import os
+Without CUDA conftest turns Triton's interpreter on, so the kernel below is an interpreted object and
+``aot_compile`` compiles it in a child process (the path the kernel modules' AOT tests take too); with CUDA it
+compiles in this process.
+"""
 
-# Like the kernel tests: the first import of triton in a pytest session decides whether triton.language's own
-# @jit helpers can run in the interpreter, so set it before importing triton (aot_compile then compiles in a
-# child process without it).
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import triton
+import triton.language as tl
 
-import pytest  # noqa: E402
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-from vpace_kernels.aot import AotResult, aot_compile  # noqa: E402
+from vpace_kernels.aot import AotResult, aot_compile
 
 
 @triton.jit

@@ -1,16 +1,12 @@
 """Seeded sampling of the augmentation record (torchvision ColorJitter semantics) and the eval transform."""
 
-import os
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (as in test_pace_jitter)
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torchvision.transforms.v2.functional as TF  # noqa: E402
-
-from vpace.augment import KINETICS_MEAN, KINETICS_STD, augment, center_params, sample_params  # noqa: E402
-from vpace.config import AugmentConfig  # noqa: E402
-from vpace_kernels.pace_jitter import pace_jitter_reference  # noqa: E402
+from vpace.augment import augment, center_params, sample_params
+from vpace.config import KINETICS_MEAN, KINETICS_STD, AugmentConfig
+from vpace_kernels.pace_jitter import pace_jitter_reference
 
 
 def _draw(seed=0, B=400, T=8, H=128, W=171, **kw):

@@ -1,27 +1,28 @@
-"""Fused contrastive loss: Triton (interpreter) and chunked CPU paths vs the eager full-logits reference."""
+"""Fused contrastive loss: Triton and chunked paths vs the eager full-logits reference, on every device.
 
-import os
+On CPU the Triton kernels run in Triton's interpreter (conftest); with CUDA they run compiled, and a CUDA-only
+sweep takes N from 7 to 65536 at D 128 and 256 in fp32 and bf16.
+"""
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: kernels run on CPU tensors
+import pytest
+import torch
+from conftest import DEVICES, INTERPRETED, on_devices
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+from vpace_kernels import contrastive as C
+from vpace_kernels import contrastive_cpu as CC
+from vpace_kernels.aot import aot_compile_configs
 
-from vpace_kernels import contrastive as C  # noqa: E402
-from vpace_kernels import contrastive_cpu as CC  # noqa: E402
-
-_NOT_INTERPRETED = "kernels.contrastive was imported before TRITON_INTERPRET=1 was set"
-BACKENDS = [pytest.param("triton", marks=pytest.mark.skipif(not C._interpreted(), reason=_NOT_INTERPRETED)),
-            "chunked"]
+BACKENDS = on_devices(cpu=("triton", "chunked"), cuda=("triton", "chunked"))
 N = 70  # not a multiple of any shipped tile (16/32/64), > 64: every kernel loops over several tiles
 
 
-def _inputs(n, d, *, n_labels, queue=0, separate_k=False, dtype=torch.float32, seed=0):
+def _inputs(n, d, *, n_labels, queue=0, separate_k=False, dtype=torch.float32, seed=0, device="cpu"):
+    """Seeded on the CPU (the same values on every device), then moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(n, d, generator=g, dtype=dtype).requires_grad_()
-    k = torch.randn(n, d, generator=g, dtype=dtype).requires_grad_() if separate_k else q
-    labels = torch.randint(0, n_labels, (n,), generator=g)
-    qu = torch.randn(queue, d, generator=g, dtype=dtype) if queue else None
+    q = torch.randn(n, d, generator=g, dtype=dtype).to(device).requires_grad_()
+    k = torch.randn(n, d, generator=g, dtype=dtype).to(device).requires_grad_() if separate_k else q
+    labels = torch.randint(0, n_labels, (n,), generator=g).to(device)
+    qu = torch.randn(queue, d, generator=g, dtype=dtype).to(device) if queue else None
     return q, k, labels, qu
 
 
@@ -51,20 +52,20 @@ def _check(q, k, labels, backend, tol=1e-4, **kw):
     return loss, stats
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device, backend", BACKENDS)
 @pytest.mark.parametrize("d", [16, 128, 130])
 @pytest.mark.parametrize("case", ["simclr", "simclr+queue", "moco", "unique"])
-def test_matches_eager_reference(backend, d, case):
+def test_matches_eager_reference(device, backend, d, case):
     if case == "simclr":  # q = k, duplicate labels (several clips per video)
-        q, k, labels, qu = _inputs(N, d, n_labels=12)
+        q, k, labels, qu = _inputs(N, d, n_labels=12, device=device)
     elif case == "simclr+queue":
-        q, k, labels, qu = _inputs(N, d, n_labels=9, queue=45)
+        q, k, labels, qu = _inputs(N, d, n_labels=9, queue=45, device=device)
     elif case == "moco":  # RSPNet A-VID: distinct positive keys (labels = arange), queue negatives only
-        q, k, labels, qu = _inputs(N, d, n_labels=1, queue=45, separate_k=True)
-        labels = torch.arange(N)
+        q, k, labels, qu = _inputs(N, d, n_labels=1, queue=45, separate_k=True, device=device)
+        labels = torch.arange(N, device=device)
     else:  # all-unique labels except one pair: with exclude_self only rows 0 and 1 have a positive
-        q, k, labels, qu = _inputs(N, d, n_labels=1)
-        labels = torch.arange(N)
+        q, k, labels, qu = _inputs(N, d, n_labels=1, device=device)
+        labels = torch.arange(N, device=device)
         labels[1] = 0
     _, stats = _check(q, k, labels, backend, queue=qu, tau=0.1 if d == 16 else 0.07)
     if case == "unique":
@@ -73,9 +74,9 @@ def test_matches_eager_reference(backend, d, case):
         assert int(stats.rows_without_positive) == 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_mixed_rows_without_positive_are_counted(backend):
-    q, k, labels, qu = _inputs(N, 32, n_labels=20, queue=10, seed=3)
+@pytest.mark.parametrize("device, backend", BACKENDS)
+def test_mixed_rows_without_positive_are_counted(device, backend):
+    q, k, labels, qu = _inputs(N, 32, n_labels=20, queue=10, seed=3, device=device)
     labels[:7] = 1000 + torch.arange(7)  # 7 labels that occur exactly once
     counts = torch.bincount(torch.unique(labels, return_inverse=True)[1])
     singletons = int((counts == 1).sum())
@@ -84,50 +85,59 @@ def test_mixed_rows_without_positive_are_counted(backend):
     assert int(stats.rows) == N
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_no_positive_anywhere_gives_zero_loss_and_grad(backend):
-    q, k, labels, qu = _inputs(37, 16, n_labels=1, queue=5)
-    labels = torch.arange(37)
+@pytest.mark.parametrize("device, backend", BACKENDS)
+def test_no_positive_anywhere_gives_zero_loss_and_grad(device, backend):
+    q, k, labels, qu = _inputs(37, 16, n_labels=1, queue=5, device=device)
+    labels = torch.arange(37, device=device)
     loss, stats, (dq,) = _run(q, q, labels, backend, queue=qu)
     assert loss.item() == 0.0 and torch.equal(dq, torch.zeros_like(dq))
     assert int(stats.rows_without_positive) == 37 and int(stats.rows_used) == 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_frozen_keys_get_no_grad(backend):
-    q, k, labels, qu = _inputs(N, 130, n_labels=5, queue=20, separate_k=True)
+@pytest.mark.parametrize("device, backend", BACKENDS)
+def test_frozen_keys_get_no_grad(device, backend):
+    q, k, labels, qu = _inputs(N, 130, n_labels=5, queue=20, separate_k=True, device=device)
     k = k.detach()
     _check(q, k, labels, backend, queue=qu, exclude_self=False)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device, backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_inputs(backend, dtype):
-    if backend == "triton" and dtype == torch.bfloat16:
+def test_half_inputs(device, backend, dtype):
+    if device == "cpu" and backend == "triton" and dtype == torch.bfloat16:
         pytest.skip("Triton's interpreter keeps bf16 as uint16 and tl.dot multiplies the bit patterns "
                     "(triton-lang/triton#11584, unsupported upstream); fp16 runs the same 16-bit kernel code "
-                    "here and bf16 is checked by the AOT compile test")
-    q32, k32, labels, qu32 = _inputs(N, 64, n_labels=6, queue=30, separate_k=True)
-    q, k = (t.detach().to(dtype).requires_grad_() for t in (q32, k32))
-    loss, _, (dq, dk) = _run(q, k, labels, backend, queue=qu32.to(dtype), exclude_self=False)
-    q_r, k_r = (t.detach().to(dtype).float().requires_grad_() for t in (q32, k32))  # same rounded values
-    ref, _, (rq, rk) = _run(q_r, k_r, labels, "eager", queue=qu32.to(dtype).float(), exclude_self=False)
-    assert dq.dtype == dk.dtype == dtype
+                    "here, bf16 runs compiled on CUDA and in the AOT compile test")
+    q32, k32, labels, qu32 = _inputs(N, 64, n_labels=6, queue=30, separate_k=True, device=device)
+    _check_half(q32, k32, labels, qu32, backend, dtype)
+
+
+def _check_half(q32, k32, labels, qu32, backend, dtype, exclude_self=False):
+    """``backend`` on ``dtype`` inputs vs eager in fp32 on the same rounded values: 16-bit tolerances."""
+    q = q32.detach().to(dtype).requires_grad_()
+    k = q if k32 is q32 else k32.detach().to(dtype).requires_grad_()
+    qu = None if qu32 is None else qu32.to(dtype)
+    loss, _, grads = _run(q, k, labels, backend, queue=qu, exclude_self=exclude_self)
+    q_r = q.detach().float().requires_grad_()
+    k_r = q_r if k is q else k.detach().float().requires_grad_()
+    ref, _, ref_grads = _run(q_r, k_r, labels, "eager", queue=None if qu is None else qu.float(),
+                             exclude_self=exclude_self)
+    assert all(g.dtype == dtype for g in grads)
     _assert_rel(loss.detach().float(), ref.detach(), 1e-2, "loss")
-    _assert_rel(dq.float(), rq, 3e-2, "dq")
-    _assert_rel(dk.float(), rk, 3e-2, "dk")
+    for name, g, rg in zip("qk", grads, ref_grads, strict=False):
+        _assert_rel(g.float(), rg, 3e-2, f"d{name}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_gradcheck_float64(backend):
+@pytest.mark.parametrize("device, backend", on_devices(cpu=("triton", "chunked"), cuda=("chunked",)))
+def test_gradcheck_float64(device, backend):
     """float64 gradcheck, same-set (exclude_self, k is q) and distinct-keys cases, both with a queue.
 
     The interpreter runs tl.dot in numpy, so float64 inputs work there, but the Triton kernels keep their
-    running max/sum and the LSE/positive buffers in fp32 by design (no float64 GPU config is shipped): the
-    loss is only fp32-accurate, so finite differences use eps=1e-3 and a 1e-3 tolerance for that backend.
-    The chunked path computes in float64 and gets the strict default check.
+    running max/sum and the LSE/positive buffers in fp32 by design (no float64 GPU config is shipped; on CUDA
+    float64 goes to the chunked path): the loss is only fp32-accurate, so finite differences use eps=1e-3 and
+    a 1e-3 tolerance for that backend. The chunked path computes in float64 and gets the strict default check.
     """
-    q, k, labels, qu = _inputs(9, 3, n_labels=3, queue=4, separate_k=True, dtype=torch.float64)
+    q, k, labels, qu = _inputs(9, 3, n_labels=3, queue=4, separate_k=True, dtype=torch.float64, device=device)
     labels[:2] = 7  # a shared label; the rest random (some rows may lack a positive)
     same = lambda a, b: C.contrastive_loss(a, a, labels, queue=qu, tau=0.5, backend=backend) + 0 * b.sum()
     moco = lambda a, b: C.contrastive_loss(a, b, labels, queue=qu, tau=0.5, exclude_self=False,
@@ -139,15 +149,17 @@ def test_gradcheck_float64(backend):
 
 def test_chunked_path_with_many_tiles(monkeypatch):
     """A small tile forces many row/key/queue tiles, with the diagonal crossing tile borders."""
-    monkeypatch.setattr(CC, "_TILE", 48)
+    monkeypatch.setattr(CC, "TILE", 48)
     q, k, labels, qu = _inputs(300, 24, n_labels=40, queue=150)
     _check(q, k, labels, "chunked", queue=qu)
 
 
-def test_default_dispatch_and_exclude_self_warning():
-    q, k, labels, _ = _inputs(40, 16, n_labels=4, separate_k=True)
-    assert C._pick_backend(q) == ("triton" if C._interpreted() else "chunked")
-    assert C._pick_backend(q.double()) == "chunked" and C._pick_backend(torch.zeros(3, 300)) == "chunked"
+@pytest.mark.parametrize("device", DEVICES)
+def test_default_dispatch_and_exclude_self_warning(device):
+    q, k, labels, _ = _inputs(40, 16, n_labels=4, separate_k=True, device=device)
+    assert C.pick_backend(q) == ("triton" if device == "cuda" or INTERPRETED else "chunked")
+    assert C.pick_backend(q.double()) == "chunked"
+    assert C.pick_backend(torch.zeros(3, C.MAX_TRITON_DIM + 1, device=device)) == "chunked"
     with pytest.warns(UserWarning, match="exclude_self"):
         C.contrastive_loss(q, k, labels)
 
@@ -168,13 +180,41 @@ def test_bad_arguments_name_the_argument(kwargs, field):
         C.contrastive_loss(args["q"], k, args["labels"], exclude_self=False, **kw)
 
 
+# ----------------------------------------------------------------------------------- CUDA: large N sweep
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [128, 256])
+@pytest.mark.parametrize("n", [7, 1000, 4097, 16384, 65536])
+@pytest.mark.parametrize("device, backend", on_devices(cpu=(), cuda=("triton",)))
+def test_large_n_forward_backward(device, backend, n, d, dtype):
+    """SimCLR pairs (label = row // 2; odd N leaves a row without positive) plus a queue, forward + backward.
+
+    Up to N = 16384 against the eager full-logits reference on the same rounded inputs; at N = 65536 the
+    N x N logits would take tens of GB per tensor, so the reference is the chunked path in float64 (itself
+    checked against eager above)."""
+    q, k, labels, qu = _inputs(n, d, n_labels=1, queue=min(n, 4096), device=device)
+    labels = torch.arange(n, device=device) // 2
+    if n <= 16384:
+        if dtype == torch.float32:
+            _check(q, k, labels, backend, queue=qu)
+        else:
+            _check_half(q, k, labels, qu, backend, dtype, exclude_self=True)
+        return
+    qd = q.detach().to(dtype).requires_grad_()
+    loss, _, (dq,) = _run(qd, qd, labels, backend, queue=qu.to(dtype))
+    q64 = qd.detach().double().requires_grad_()
+    ref, _, (rq,) = _run(q64, q64, labels, "chunked", queue=qu.to(dtype).double())
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    _assert_rel(loss.detach(), ref.detach(), tol / 3, "loss")
+    _assert_rel(dq, rq, tol, "dq")
+
+
 @pytest.mark.slow
 def test_every_shipped_config_compiles_for_sm80_and_sm90():
     """Real GPU code, not only interpreter code: PTX + cubin for each config and arch, with zero spills.
 
     24 compiles + ptxas -v: ~35 s with a warm Triton cache (~/.triton/cache), 1-2 min cold on 2 busy cores.
     """
-    results = C.aot_compile_shipped(archs=(80, 90))
+    results = aot_compile_configs(C.shipped_configs(), archs=(80, 90))
     assert len(results) == len(C.shipped_configs()) * 2
     for name, arch, res in results:
         target = "sm_90a" if arch == 90 else "sm_80"

@@ -11,16 +11,8 @@ import torch
 from conftest import decode_indices, write_broken_videos
 from torch.utils.data import DataLoader
 
-from vpace.data import (
-    EvalClipDataset,
-    PaceClipDataset,
-    VideoEntry,
-    VideoIndex,
-    collate_clips,
-    eval_starts,
-    from_folder,
-    pack_clips,
-)
+from vpace.data import EvalClipDataset, PaceClipDataset, VideoEntry, VideoIndex, collate_clips, from_folder
+from vpace.data.dataset import eval_starts, pack_clips
 
 
 def clip_of(item: dict, k: int) -> list[int]:
@@ -55,8 +47,9 @@ def test_pace_items_layout_and_frames(coded_tree):
             uniq = len(set(clip))
             assert int(item["index_map"][k].max()) == uniq - 1
             assert not item["frames"][k, uniq:].any()  # zero padding after the unique frames
-        _, expected = ds.sample(i, n)
-        assert [clip_of(item, k) for k in range(2)] == expected.tolist()
+        draw = ds.sample(i, n)
+        assert [clip_of(item, k) for k in range(2)] == draw.indices.tolist()
+        assert item["wrapped"].tolist() == draw.wrapped.tolist()
     assert seen_labels == set(range(6))
 
 

@@ -5,32 +5,34 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import own_session, ray_env
 
 
-def _demo(runs: Path, ray_tmpdir: str) -> str:
-    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
-    proc = subprocess.run([sys.executable, "-m", "vpace.cli", "demo", "--quick", "--runs", str(runs)],
-                          env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+def _demo(runs: Path, ray_tmpdir: str, name: str) -> str:
+    """`vpace demo --quick` as a user runs it; its stdout (stderr next to it in `<name>.err`)."""
+    env = ray_env(ray_tmpdir)
+    out, err = runs.parent / f"{name}.out", runs.parent / f"{name}.err"
+    cmd = [sys.executable, "-m", "vpace.cli", "demo", "--quick", "--runs", str(runs)]
+    with own_session(cmd, env, out, err) as proc:
+        returncode = proc.wait()
+    assert returncode == 0, out.read_text()[-3000:] + err.read_text()[-3000:]
+    return out.read_text()
 
 
 def _checkpoints(run: Path) -> dict[str, int]:
     return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.glob("checkpoint_*/*")}
 
 
-@pytest.mark.timeout(900)
-def test_quick_demo_writes_a_wellformed_report_and_a_second_run_reuses_it(tmp_path: Path,
+@pytest.mark.slow
+def test_quick_demo_writes_a_wellformed_report_and_a_second_run_reuses_it(no_ray, tmp_path: Path,
                                                                            ray_tmpdir: str) -> None:
     runs = tmp_path / "runs"
-    out = _demo(runs, ray_tmpdir)
+    out = _demo(runs, ray_tmpdir, "first")
     for n in range(1, 6):  # progress: every stage announced
         assert f"[demo {n}/5]" in out
 
@@ -64,7 +66,7 @@ def test_quick_demo_writes_a_wellformed_report_and_a_second_run_reuses_it(tmp_pa
     # a second run reuses the data set, the finished training (no checkpoint rewritten) and cached features
     ckpts = _checkpoints(run)
     assert ckpts
-    again = _demo(runs, ray_tmpdir)
+    again = _demo(runs, ray_tmpdir, "second")
     assert "reused)" in again
     assert _checkpoints(run) == ckpts
     assert json.loads((run / "demo_summary.json").read_text())["top1"] == s["top1"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,15 @@ from PIL import Image
 
 from vpace.config import load_config
 from vpace.data import load_index
-from vpace.eval.attention import activation_attention, attention
-from vpace.eval.embed import embed
+from vpace.eval.attention_maps import activation_attention, attention
+from vpace.eval.embedding import embed
 from vpace.eval.features import ClipSpec, center_clips, clip_batches
-from vpace.eval.finetune import FINETUNE_LR, FinetuneTask, finetune, finetune_config
+from vpace.eval.finetuning import FINETUNE_LR, FinetuneTask, finetune, finetune_config
 from vpace.eval.loading import load_model
 from vpace.eval.probes import knn_classify, linear_probe
 from vpace.eval.report import write_report
 from vpace.eval.retrieval import retrieve
-from vpace.eval.speed import segment_starts, speed
+from vpace.eval.speed_segments import segment_starts, speed
 from vpace.models import build_backbone
 from vpace.objectives.heads import PaceModel
 from vpace.train.checkpoint import export_backbone, module_prefix, save_checkpoint
@@ -42,7 +41,7 @@ def _ucf_layout(root: Path, train: dict[str, list[str]], test: dict[str, list[st
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def eval_set(tmp_path_factory) -> Path:
     """UCF101-style set of coded videos (2 classes) with one corrupt file in the test split."""
     root = tmp_path_factory.mktemp("evalset")
@@ -60,7 +59,7 @@ def feature_cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("feature_cache"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pace_run(eval_set, tmp_path_factory) -> Path:
     """A pre-training run dir holding one checkpoint in the loop's format (PaceModel + config + history)."""
     run = tmp_path_factory.mktemp("runs") / "pace-small"
@@ -117,15 +116,14 @@ def test_ten_clips_cover_the_video_evenly(tmp_path, n) -> None:
     assert set().union(*clips) == set(range(n))  # with 10 x 16 frames every frame of these videos is seen
 
 
-def test_retrieval_skips_corrupt_video_and_caches(pace_run, eval_set, feature_cache, tmp_path, capsys):
+def test_retrieval_skips_corrupt_video_and_caches(pace_run, eval_set, feature_cache, tmp_path, capsys,
+                                                  monkeypatch):
     kw = dict(out_dir=str(tmp_path / "out"), cache_dir=feature_cache, num_workers=0, progress=False)
-    t0 = time.perf_counter()
     res = retrieve(str(pace_run), baseline="random", **kw)
-    first = time.perf_counter() - t0
     bad = str(eval_set / "B" / "v_B_g9.mp4")
     assert [s["path"] for s in res["skipped"]["test"]] == [bad] and res["skipped"]["train"] == []
     assert res["skipped"]["test"][0]["reason"]
-    assert res["num_test"] == 3
+    assert (res["num_test"], res["num_skipped_test"]) == (2, 1)  # counts exclude the skipped video
     rows = {(r["model"], r["layer"], r["mode"]): r for r in res["rows"]}
     assert set(rows) == {(m, lay, mode) for m in ("pretrained", "random") for lay in ("p5", "p4")
                          for mode in ("video", "clip")}
@@ -140,11 +138,14 @@ def test_retrieval_skips_corrupt_video_and_caches(pace_run, eval_set, feature_ca
     cached = sorted(Path(feature_cache).glob("*.safetensors"))
     assert len(cached) == 8  # 2 models x 2 splits x 2 layers
     stamps = [p.stat().st_mtime_ns for p in cached]
-    t0 = time.perf_counter()
+
+    def no_decoding(*args, **kwargs):  # the second run may read no video at all
+        raise AssertionError("a cached feature set was computed again")
+
+    monkeypatch.setattr("vpace.eval.features.clip_batches", no_decoding)
     again = retrieve(str(pace_run), baseline="random", **kw)
     assert again["rows"] == res["rows"] and again["skipped"] == res["skipped"]
     assert [p.stat().st_mtime_ns for p in cached] == stamps
-    assert time.perf_counter() - t0 < first / 3
 
 
 def test_activation_attention_is_sum_of_squares_over_channels() -> None:
@@ -259,7 +260,7 @@ def _motion_frames(kind: str, n: int, rng: np.random.Generator, h: int = 64, w: 
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def motion_set(tmp_path_factory) -> Path:
     """4 motion classes x 12 videos (8 train / 4 test each) + a corrupt file in the test split."""
     import av
@@ -297,14 +298,20 @@ def test_finetune_task_starts_from_the_checkpoint(pace_run, tmp_path) -> None:
     assert [p for p in task.parameters()] == list(model.parameters())
 
 
-def test_finetune_on_ray_beats_chance(pace_run, motion_set, tmp_path, monkeypatch) -> None:
+# The cheapest setting that still beats chance by a margin: at the default fine-tune lr (3e-3), 12 epochs gave
+# video accuracy 0.81 / 0.88 / 1.00 / 0.88 / 0.75 over run.seed 0-4 (>= 0.5 asserted; 10 epochs: 0.62-0.94;
+# the former 20 epochs at lr 1e-3: 0.75-1.00). Measured 2026-11-30, one process, seeds 0-4.
+FINETUNE_EPOCHS = 12
+
+
+@pytest.mark.slow
+def test_finetune_on_ray_beats_chance(local_ray, pace_run, motion_set, tmp_path) -> None:
     """The real Ray Train loop: conv weights from the checkpoint, new fc, CE; 10-clip test beats chance."""
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     sets = ["optim.batch_size=8", "optim.base_batch_size=8", "optim.optimizer=adamw",
             "optim.weight_decay=0.01", "optim.lr_step_epochs=100", "scale.min_workers=1",
             "scale.max_workers=1", "data.num_workers=0", "data.epoch_size=null",
             "scale.checkpoint_every=1000"]
-    res = finetune(str(pace_run), data=str(motion_set), lr=1e-3, epochs=20, overrides=sets,
+    res = finetune(str(pace_run), data=str(motion_set), epochs=FINETUNE_EPOCHS, overrides=sets,
                    out_dir=str(tmp_path / "ft"))
     (row,) = res["rows"]
     bad = str(motion_set / "Still" / "v_Still_g99.mp4")
@@ -312,7 +319,8 @@ def test_finetune_on_ray_beats_chance(pace_run, motion_set, tmp_path, monkeypatc
     assert row["video_acc"] >= 2 * chance and row["clip_acc"] > chance, row
     assert row["num_videos"] == 16 and [s["path"] for s in row["skipped"]] == [bad]
     assert row["skipped"][0]["reason"] == "not a video file (unrecognised format)"
-    assert row["steps"] == 20 * 4  # 32 train videos / batch 8, 20 epochs
+    assert row["lr"] == 3e-3  # no lr given: §4.1's
+    assert row["steps"] == FINETUNE_EPOCHS * 4  # 32 train videos / batch 8
     md = (tmp_path / "ft" / "finetune.md").read_text()
     assert "| pretrained |" in md and "v_Still_g99.mp4" in md
     # the probes on the fine-tuned checkpoint's features (extracted once, then from the cache)

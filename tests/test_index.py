@@ -240,3 +240,36 @@ def test_json_freeze_round_trip(tmp_path):
     (tmp_path / "broken.json").write_text("{oops")
     with pytest.raises(IndexFormatError, match="malformed"):
         load_index(tmp_path / "broken.json")
+
+
+# ------------------------------------------------------------------- names that exist but are not files
+
+
+def test_dangling_links_and_folders_named_like_videos_are_listed_with_a_reason(tmp_path):
+    root = tmp_path / "tree"
+    touch(root, "a/ok.mp4", "b/ok2.avi", "a/notes.txt")
+    (root / "a" / "gone.mp4").symlink_to(root / "a" / "nowhere.mp4")
+    (root / "b" / "x.mp4").mkdir()  # a folder named like a video, inside a class folder
+    (root / "y.mp4").mkdir()  # ... and at the top, where it must not become a class
+    with pytest.warns(UserWarning, match=r"3 of 5 videos .* missing or not files"):
+        index = from_folder(root)
+    assert names(index) == [("ok.mp4", 0, "all"), ("ok2.avi", 1, "all")] and index.classes == ["a", "b"]
+    why = dict(index.unusable)
+    assert why[str(root / "a" / "gone.mp4")] == f"dangling symbolic link (-> {root / 'a' / 'nowhere.mp4'})"
+    assert why[str(root / "b" / "x.mp4")] == why[str(root / "y.mp4")] == "a folder, not a video file"
+    assert index.missing == [] and len(why) == 3
+
+    frozen = load_quiet(save_index(index, tmp_path / "i.json"))  # kept through a JSON freeze
+    assert frozen.unusable == index.unusable and frozen.split("all").unusable == index.unusable
+
+
+def test_listed_video_that_is_a_dangling_link_is_unusable_not_missing(tmp_path):
+    make_ucf(tmp_path)
+    link = tmp_path / "Biking" / "v_B_g09_c01.avi"
+    link.unlink()
+    link.symlink_to(tmp_path / "elsewhere.avi")
+    (tmp_path / "ApplyEyeMakeup" / "v_A_g01_c01.avi").unlink()
+    with pytest.warns(UserWarning, match="2 of 5 videos"):
+        index = load_index(tmp_path)
+    assert index.unusable == [(str(link), f"dangling symbolic link (-> {tmp_path / 'elsewhere.avi'})")]
+    assert [Path(m).name for m in index.missing] == ["v_A_g01_c01.avi"] and len(index) == 3

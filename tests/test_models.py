@@ -35,6 +35,20 @@ def test_names_and_unknown_name() -> None:
         build_backbone("r50")
 
 
+def test_config_validation_accepts_exactly_the_names_models_builds() -> None:
+    """One list: every name build_backbone takes (with and without +res) loads as a config, no other does."""
+    from vpace.config import ConfigError, load_config
+
+    for name in BACKBONES:
+        for full in (name, f"{name}+res"):
+            assert load_config(data={"model": {"backbone": full}}).model.backbone == full
+    for wrong in ("r50", "r21d+rgb", "+res", "R21D"):
+        with pytest.raises(ValueError, match="unknown backbone"):
+            build_backbone(wrong)
+        with pytest.raises(ConfigError, match=f"'model.backbone': unknown backbone '{re.escape(wrong)}'"):
+            load_config(data={"model": {"backbone": wrong}})
+
+
 # The sizes the pace paper (Tables 2-3) and VCOP / VCP / PRP report, counted with a 4-way linear head.
 PAPER_SIZES = [("c3d", 27.7e6), ("r3d", 14.4e6), ("r21d", 14.4e6), ("s3d_g", 9.1e6)]
 

@@ -121,9 +121,9 @@ def test_all_terms_off_is_an_error():
 
 def test_switched_off_terms_build_no_head():
     bb = build_backbone("r21d_tiny")
-    pace_only = build_objective(_cfg("pace", ctr_mode="same_context"), bb).raw_model
+    pace_only, _ = build_objective(_cfg("pace", ctr_mode="same_context"), bb)
     assert pace_only.proj is None and pace_only.pace_head.out_features == 4
-    ctr_only = build_objective(_cfg("pace_ctr", lambda_cls=0.0, proj_head="mlp"), bb).raw_model
+    ctr_only, _ = build_objective(_cfg("pace_ctr", lambda_cls=0.0, proj_head="mlp"), bb)
     assert ctr_only.pace_head is None and isinstance(ctr_only.proj, torch.nn.Sequential)
     out = ctr_only(torch.randn(2, 3, T, HW, HW))
     assert out["logits"] is None and out["z"].shape == (2, 128) and out["feat"].shape == (2, bb.feature_dim)
@@ -136,47 +136,50 @@ def test_switched_off_terms_build_no_head():
 def test_objective_interface_and_state_dict_roundtrip(method):
     torch.manual_seed(0)
     cfg = _cfg(method)
-    obj = build_objective(cfg, build_backbone("r21d_tiny"))
-    n = obj.clips_per_video
-    assert obj.backbone is obj.raw_model.backbone
-    assert {id(p) for p in obj.parameters()} == {id(p) for p in obj.raw_model.parameters()}
+    model, loss_fn = build_objective(cfg, build_backbone("r21d_tiny"))
+    n = cfg.data.clips_per_video
+    trained = model.encoder_q if method == "rspnet" else model  # what the optimizer gets
+    assert model.backbone is trained.backbone  # export takes the backbone that is trained
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in trained.parameters()}
     clips = torch.randn(2 * n, 3, T, HW, HW)
     labels = [0, 0, 1] if method == "rspnet" else [0, 1]
     meta = {"pace_label": torch.tensor(labels * 2), "video_id": torch.tensor([3, 3, 3, 5, 5, 5][: 2 * n]
                                                                             if n == 3 else [3, 3, 5, 5])}
-    loss, metrics = obj.step(clips, meta)
+    loss, metrics = loss_fn(model(clips), meta)
     loss.backward()
-    obj.after_optimizer_step()
+    model.after_optimizer_step()
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["loss"] == pytest.approx(loss.item())
-    state = obj.state_dict()
+    state = model.state_dict()
     if method == "rspnet":
         assert {"queue.keys", "queue.ptr"} <= set(state) and int(state["queue.ptr"]) == 2
         assert any(k.startswith("encoder_k.") for k in state)
-    fresh = build_objective(cfg, build_backbone("r21d_tiny"))
+    fresh, _ = build_objective(cfg, build_backbone("r21d_tiny"))
     fresh.load_state_dict(state)
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, state[k]), k
-    obj.eval(), fresh.eval()
+    model.eval(), fresh.eval()
     with torch.no_grad():
-        torch.testing.assert_close(obj.backbone(clips), fresh.backbone(clips))
+        torch.testing.assert_close(model.backbone(clips), fresh.backbone(clips))
     with pytest.raises(ValueError, match="missing 'video_id'"):
-        obj.step(clips, {"pace_label": meta["pace_label"]})
+        loss_fn(model(clips), {"pace_label": meta["pace_label"]})
 
 
 # ------------------------------------------------------------------------------------------- overfit
 
 
-def overfit(obj, clips: torch.Tensor, meta: dict, steps: int, after_step=None) -> list[dict[str, float]]:
+def overfit(model, loss_fn, clips: torch.Tensor, meta: dict, steps: int,
+            after_step=None) -> list[dict[str, float]]:
     """The train-loop protocol on one fixed batch (Adam 1e-3); returns each step's metrics."""
-    opt = torch.optim.Adam(obj.parameters(), lr=1e-3)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     hist = []
     for _ in range(steps):
-        loss, metrics = obj.step(clips, meta)
+        loss, metrics = loss_fn(model(clips), meta)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        obj.after_optimizer_step()
+        model.after_optimizer_step()
         if after_step is not None:
             after_step()
         hist.append(metrics)
@@ -191,11 +194,11 @@ def overfit(obj, clips: torch.Tensor, meta: dict, steps: int, after_step=None) -
 ], ids=["pace", "same_context", "same_pace", "contrastive_only"])
 def test_loss_drops_on_a_fixed_batch(method, pace):
     torch.manual_seed(0)
-    obj = build_objective(_cfg(method, **pace), build_backbone("r21d_tiny"))
+    model, loss_fn = build_objective(_cfg(method, **pace), build_backbone("r21d_tiny"))
     g = torch.Generator().manual_seed(0)
     clips = torch.randn(6, 3, T, HW, HW, generator=g)
     meta = {"pace_label": torch.tensor([0, 1, 2, 3, 1, 2]), "video_id": torch.tensor([0, 0, 1, 1, 2, 2])}
-    hist = overfit(obj, clips, meta, steps=5)
+    hist = overfit(model, loss_fn, clips, meta, steps=5)
     assert hist[-1]["loss"] < 0.7 * hist[0]["loss"], [h["loss"] for h in hist]
     for term in ("loss_cls", "loss_ctr"):
         if hist[0][term] > 0:
@@ -227,16 +230,57 @@ def _grating_clips(rng: np.random.Generator, n_videos: int, frames: int = 40) ->
 
 def test_pace_head_beats_twice_chance_on_synthetic_clips():
     torch.manual_seed(0)
-    obj = build_objective(_cfg("pace"), build_backbone("r21d_tiny"))
-    opt = torch.optim.Adam(obj.parameters(), lr=3e-3)
+    model, loss_fn = build_objective(_cfg("pace"), build_backbone("r21d_tiny"))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)
     for _ in range(18):
         clips, meta = _grating_clips(rng, 6)
-        loss, _ = obj.step(clips, meta)
+        loss, _ = loss_fn(model(clips), meta)
         opt.zero_grad()
         loss.backward()
         opt.step()
     clips, meta = _grating_clips(np.random.default_rng(123), 32)  # held-out videos
     with torch.no_grad():  # batch-statistics BN: after 18 steps the running averages still lag the weights
-        acc = (obj.model(clips)["logits"].argmax(1) == meta["pace_label"]).float().mean().item()
+        acc = (model(clips)["logits"].argmax(1) == meta["pace_label"]).float().mean().item()
     assert acc > 2 / len(PACES), acc
+
+
+# ------------------------------------------------------------------------ one step through the task
+
+
+@pytest.mark.parametrize("method", ["pace_ctr", "rspnet"])
+def test_pretrain_task_step_is_model_plus_loss_plus_tallies(method, coded_tree):
+    """loop -> task -> model + loss on a real decoded batch; the checkpoint keys are the model's own."""
+    from vpace.data.pace import pace_metric_name
+    from vpace.eval.loading import BACKBONE_PREFIXES
+    from vpace.train.checkpoint import module_prefix
+    from vpace.train.pretrain_task import PretrainTask
+
+    cfg = load_config(data={"method": method, "model": {"backbone": "r21d_tiny"}, "augment": {"crop": 32},
+                            "data": {"index": str(coded_tree), "split": "all", "clip_len": T, "height": 48,
+                                     "width": 64, "epoch_size": 6}, "rspnet": {"queue_size": 16}})
+    torch.manual_seed(0)
+    task = PretrainTask()
+    net = task.setup(cfg, torch.device("cpu"))
+    batch = task.collate([task.dataset(cfg)[i] for i in range(6)])  # a1 40, a2 9, b1 60 frames, twice
+    loss, metrics = task.step(batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    task.after_optimizer_step()
+
+    labels, wrapped = batch["pace_label"].flatten(), batch["wrapped"].flatten()
+    assert wrapped.any() and not wrapped.all()  # the 9-frame video loops, the others mostly fit
+    for k, p in enumerate(task.paces):
+        pair = metrics[f"wrap_frac/{pace_metric_name(p)}"]
+        assert pair.tolist() == [float((wrapped & (labels == k)).sum()), float((labels == k).sum())]
+    assert metrics["wrap_frac"].tolist() == [float(wrapped.sum()), float(len(labels))]
+    assert isinstance(metrics["loss"], float) and metrics["loss"] == pytest.approx(loss.item())
+    if method == "rspnet":  # no pace classifier: wrap counts only
+        assert not any(k.startswith("pace_acc") for k in metrics) and int(net.queue.ptr) == 6
+    else:
+        hits = sum(metrics[f"pace_acc/{pace_metric_name(p)}"][0] for p in task.paces)
+        assert metrics["pace_acc"].tolist() == [float(hits), float(len(labels))]  # exact, not a step mean
+    state, root = task.state_dict(), task.state_root()
+    assert state.keys() == net.state_dict().keys() and root is net
+    prefix = module_prefix(root, task.backbone())
+    assert prefix == ("encoder_q.backbone." if method == "rspnet" else "backbone.")
+    assert prefix in BACKBONE_PREFIXES  # what evaluation looks for: checkpoints stay loadable

@@ -14,8 +14,8 @@ from vpace.data.pace import (
     pace_label,
     parse_pace,
     parse_pace_set,
-    random_start,
     sample_indices,
+    start_candidates,
     unique_with_map,
 )
 
@@ -100,7 +100,9 @@ def test_validation_messages():
     with pytest.raises(ValueError, match="> 0"):
         sample_indices(10, 4, 0, 0)
     with pytest.raises(ValueError, match="num_frames"):
-        random_start(0, np.random.default_rng(0))
+        start_candidates(0, 16, "fit")
+    with pytest.raises(ValueError, match=r"start policy must be one of \('fit', 'wrap'\), got 'loop'"):
+        start_candidates(50, 16, "loop")
 
 
 def test_unique_with_map_round_trip():
@@ -111,16 +113,6 @@ def test_unique_with_map_round_trip():
         assert (np.diff(uniq) > 0).all()
         assert (uniq[imap] == idx).all()
         assert set(uniq.tolist()) == set(idx.tolist())
-
-
-def test_random_start_is_uniform_over_the_video():
-    rng = np.random.default_rng(0)
-    starts = np.array([random_start(10, rng) for _ in range(5000)])
-    counts = np.bincount(starts, minlength=10)
-    assert starts.min() == 0 and starts.max() == 9 and len(counts) == 10
-    assert np.abs(counts / 5000 - 0.1).max() < 0.03
-    a = [random_start(50, np.random.default_rng(7)) for _ in range(3)]
-    assert len(set(a)) == 1  # reproducible from the generator
 
 
 def test_draw_distinct_paces():

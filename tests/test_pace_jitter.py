@@ -1,30 +1,31 @@
-"""Fused pace/jitter op: Triton kernel (interpreter) and CPU paths vs the eager torchvision reference.
+"""Fused pace/jitter op: every version (Triton, the C kernel, batched eager) vs the torchvision reference.
 
-Errors are compared in 0..1 pixel units (before normalization): ``(out - ref) * std``.
+Each case runs on the devices present (conftest): on CPU the Triton kernel runs in Triton's interpreter; with
+CUDA it runs compiled on the GPU. The reference is always computed on CPU (the ground truth) and outputs are
+compared there. Errors are in 0..1 pixel units (before normalization): ``(out - ref) * std``.
 """
 
 import itertools
-import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the kernel runs on CPU tensors
+import pytest
+import torch
+import torchvision.transforms.v2 as T2
+import torchvision.transforms.v2.functional as TF
+from conftest import on_devices
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torchvision.transforms.v2 as T2  # noqa: E402
-import torchvision.transforms.v2.functional as TF  # noqa: E402
-
-from vpace_kernels import pace_jitter as PJ  # noqa: E402
-from vpace_kernels import pace_jitter_cpu as PJC  # noqa: E402
+from vpace_kernels import pace_jitter as PJ
+from vpace_kernels import pace_jitter_cpu as PJC
+from vpace_kernels.aot import aot_compile_configs
+from vpace_kernels.pace_jitter_spec import JitterParams, validate
 
 MEAN, STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
 STD_T = torch.tensor(STD).view(1, 3, 1, 1, 1)
 TOL = 1e-4  # fp32, 0..1 units
-needs_interpreter = pytest.mark.skipif(
-    not PJ._interpreted(),
-    reason="triton was imported before TRITON_INTERPRET was set: the Triton kernel cannot run on CPU")
+# (device, backend): "cpu" is the C kernel, "eager" batched torch (any device), "triton" the fused kernel.
+BACKENDS = on_devices(cpu=("triton", "cpu", "eager"), cuda=("triton", "eager"))
 
 
-def _params(B, T, H, W, h, w, g, *, strong=True, orders=None) -> PJ.JitterParams:
+def _params(B, T, H, W, h, w, g, *, strong=True, orders=None) -> JitterParams:
     """Random record: crops anywhere (incl. the borders), flips, ~80% jittered frames, wide factor ranges."""
     top = torch.randint(0, H - h + 1, (B,), generator=g)
     left = torch.randint(0, W - w + 1, (B,), generator=g)
@@ -36,7 +37,7 @@ def _params(B, T, H, W, h, w, g, *, strong=True, orders=None) -> PJ.JitterParams
     apply = torch.rand(B, T, generator=g) < 0.8
     apply[0, 0] = False
     flip = torch.arange(B) % 2 == 1
-    return PJ.JitterParams(torch.stack([top, left], 1).int(), (h, w), flip, apply, fac, orders.int())
+    return JitterParams(torch.stack([top, left], 1).int(), (h, w), flip, apply, fac, orders.int())
 
 
 def _case(B=2, F=4, H=41, W=60, T=7, h=37, w=53, seed=0, frames=None, **kw):
@@ -54,16 +55,22 @@ def _err(out, ref):
     return ((out.float() - ref.float()) * STD_T).abs().max().item()
 
 
-def _run(backend, frames, index_map, params, out_dtype=torch.float32, config=None):
-    if backend == "triton_tiles":  # a shipped multi-tile config, not the interpreter's one tile per frame
-        mean_t, std_t = PJ.validate(frames, index_map, params, MEAN, STD, out_dtype)
-        cfg = PJ.KERNEL_CONFIGS[0]
-        return PJ._pace_jitter_triton(frames, index_map, params, mean_t, std_t, out_dtype, cfg)
-    return PJ.pace_jitter(frames, index_map, params, MEAN, STD, out_dtype, backend=backend)
+def _run(device, backend, frames, index_map, params, out_dtype=torch.float32, config=None):
+    """The op on ``device`` (output moved back to the CPU); ``config``: a Triton launch config to force."""
+    frames, index_map, params = frames.to(device), index_map.to(device), params.to(device)
+    if config is None:
+        out = PJ.pace_jitter(frames, index_map, params, MEAN, STD, out_dtype, backend=backend)
+    else:
+        mean_t, std_t = validate(frames, index_map, params, MEAN, STD, out_dtype)
+        out = PJ.pace_jitter_triton(frames, index_map, params, mean_t, std_t, out_dtype, config)
+    assert out.device.type == device
+    return out.cpu()
 
 
-# "cpu": the C kernel (built once, sizes are runtime arguments); "cpu_eager": the plain-torch fallback.
-BACKENDS = [pytest.param("triton", marks=needs_interpreter), "cpu", "cpu_eager"]
+def _launch_configs() -> list[dict]:
+    """The shipped (BLOCK, num_warps) launch configs, smallest first."""
+    configs = {(c["constexprs"]["BLOCK"], c["num_warps"]) for c in PJ.shipped_configs()}
+    return [dict(BLOCK=b, num_warps=w) for b, w in sorted(configs)]
 
 
 # ----------------------------------------------------------------------------------------- reference itself
@@ -91,31 +98,36 @@ def test_reference_matches_torchvision_colorjitter_on_whole_clips():
 
 
 # ----------------------------------------------------------------------------------------- fused vs reference
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_matches_reference_odd_sizes_repeats_flip(backend):
+@pytest.mark.parametrize("device, backend", BACKENDS)
+def test_matches_reference_odd_sizes_repeats_flip(device, backend):
     frames, index_map, p = _case()
     ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)
-    out = _run(backend, frames, index_map, p)
+    out = _run(device, backend, frames, index_map, p)
     assert out.shape == (2, 3, 7, 37, 53) and out.dtype == torch.float32 and out.is_contiguous()
     assert _err(out, ref) <= TOL
 
 
-@needs_interpreter
-def test_shipped_multi_tile_config():
-    """The smallest shipped config (256-pixel tiles): 8 tiles per 37x53 frame in both passes."""
+@pytest.mark.parametrize("device, backend", on_devices(cpu=("triton",), cuda=("triton",)))
+def test_shipped_launch_configs(device, backend):
+    """Multi-tile launches: on CUDA every shipped config for fp32 and bf16 out; under the interpreter (slow)
+    the smallest (256-pixel tiles: 8 tiles per 37x53 frame in both passes), fp32."""
     frames, index_map, p = _case(T=3, seed=8)
     ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)
-    assert _err(_run("triton_tiles", frames, index_map, p), ref) <= TOL
+    cuda = device == "cuda"
+    dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
+    for cfg, dt in itertools.product(_launch_configs() if cuda else _launch_configs()[:1], dtypes):
+        out = _run(device, backend, frames, index_map, p, dt, config=cfg)
+        assert _err(out, ref) <= (TOL if dt == torch.float32 else _half_tol(ref, dt)), (cfg, dt)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_every_op_order(backend):
+@pytest.mark.parametrize("device, backend", BACKENDS)
+def test_every_op_order(device, backend):
     """All 24 permutations, one per frame, every frame jittered with strong factors."""
     orders = torch.tensor(list(itertools.permutations(range(4)))).view(2, 12, 4)
     frames, index_map, p = _case(B=2, F=6, H=24, W=31, T=12, h=19, w=29, seed=2, orders=orders)
     p.apply[:] = True
     ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)
-    assert _err(_run(backend, frames, index_map, p), ref) <= TOL
+    assert _err(_run(device, backend, frames, index_map, p), ref) <= TOL
 
 
 def _hue_wrap_frames() -> torch.Tensor:
@@ -127,17 +139,17 @@ def _hue_wrap_frames() -> torch.Tensor:
     return torch.stack([img, img.flip(0), img.flip(1)])[None].repeat(2, 1, 1, 1, 1)  # [2, 3, 17, 19, 3]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_hue_wrap_near_zero_and_one(backend):
+@pytest.mark.parametrize("device, backend", BACKENDS)
+def test_hue_wrap_near_zero_and_one(device, backend):
     frames, index_map, p = _case(frames=_hue_wrap_frames(), T=6, h=15, w=17, seed=3)
     p.apply[:] = True
     p.factors[..., 3] = torch.tensor([-0.5, -1e-3, 0.0, 1e-3, 0.25, 0.5]).repeat(2, 1)  # wrap both ways
     ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)
-    assert _err(_run(backend, frames, index_map, p), ref) <= TOL
+    assert _err(_run(device, backend, frames, index_map, p), ref) <= TOL
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_black_and_white_frames(backend):
+@pytest.mark.parametrize("device, backend", BACKENDS)
+def test_black_and_white_frames(device, backend):
     """Zero chroma everywhere (torchvision's divide-by-zero guards) and a zero gray mean for contrast."""
     frames = torch.zeros(2, 3, 12, 14, 3, dtype=torch.uint8)
     frames[:, 1] = 255
@@ -145,31 +157,51 @@ def test_black_and_white_frames(backend):
     frames, index_map, p = _case(frames=frames, T=5, h=10, w=11, seed=4)
     p.apply[:] = True
     ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)
-    assert _err(_run(backend, frames, index_map, p), ref) <= TOL
+    assert _err(_run(device, backend, frames, index_map, p), ref) <= TOL
+
+
+def _half_tol(ref: torch.Tensor, out_dtype: torch.dtype) -> float:
+    """Max error in 0..1 units of a 16-bit output: one rounding of the normalized value, plus the fp32 TOL."""
+    return (torch.finfo(out_dtype).eps * ref.abs().max().item() + TOL / min(STD)) * max(STD)
 
 
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_half_outputs_within_their_precision(backend, out_dtype):
+@pytest.mark.parametrize("device, backend", BACKENDS)
+def test_half_outputs_within_their_precision(device, backend, out_dtype):
     frames, index_map, p = _case(seed=5)
     ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)  # fp32 ground truth
-    out = _run(backend, frames, index_map, p, out_dtype)
+    out = _run(device, backend, frames, index_map, p, out_dtype)
     assert out.dtype == out_dtype
     eps = torch.finfo(out_dtype).eps  # one rounding of the normalized value, plus the fp32 tolerance
     assert ((out.float() - ref).abs() <= eps * ref.abs() + TOL / min(STD)).all()
 
 
-@pytest.mark.parametrize("backend", ["cpu", "cpu_eager"])
-def test_no_jitter_is_crop_flip_normalize(backend):
+@pytest.mark.parametrize("device, backend", on_devices(cpu=("cpu", "eager"), cuda=("triton", "eager")))
+def test_no_jitter_is_crop_flip_normalize(device, backend):
     """apply all False (the eval transform): gather + crop + flip + normalize only, factors ignored."""
     frames, index_map, p = _case(seed=6)
     p.apply[:] = False
-    out = PJ.pace_jitter(frames, index_map, p, MEAN, STD, backend=backend)
+    out = _run(device, backend, frames, index_map, p)
     x = frames[1, index_map[1, 3]].permute(2, 0, 1).float() / 255
     (top, left), (h, w) = p.crop_yx[1].tolist(), p.crop_hw
     x = x[:, top:top + h, left:left + w].flip(-1)  # clip 1 is flipped
     torch.testing.assert_close(out[1, :, 3], (x - torch.tensor(MEAN)[:, None, None]) / STD_T[0, :, 0])
     assert _err(out, PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)) <= 1e-6
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("H, W, crop, B", [(128, 171, 112, 3), (256, 340, 224, 2)])
+@pytest.mark.parametrize("device, backend", on_devices(cpu=(), cuda=("triton", "eager")))
+def test_paper_sizes(device, backend, H, W, crop, B, out_dtype):
+    """The training shapes (112 crops from 128x171, 224 from 256x340), 16 frames at mixed paces (every kernel
+    config the size picks, many tiles per frame); CUDA only: the interpreter would take minutes here."""
+    g = torch.Generator().manual_seed(12)
+    frames = torch.randint(0, 256, (B, 16, H, W, 3), dtype=torch.uint8, generator=g)
+    frames, index_map, p = _case(frames=frames, T=16, h=crop, w=crop, seed=12)
+    ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)
+    out = _run(device, backend, frames, index_map, p, out_dtype)
+    assert out.shape == (B, 3, 16, crop, crop) and out.dtype == out_dtype
+    assert _err(out, ref) <= (TOL if out_dtype == torch.float32 else _half_tol(ref, out_dtype))
 
 
 # ----------------------------------------------------------------------------------------- CPU kernel
@@ -183,7 +215,7 @@ def test_cpu_kernel_any_shape(B, F, H, W, T, h, w):
     """New shapes need no rebuild (sizes are runtime arguments); tile edges, B = 1, T = 1."""
     frames, index_map, p = _case(B=B, F=F, H=H, W=W, T=T, h=h, w=w, seed=9)
     ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)
-    assert _err(_run("cpu", frames, index_map.int(), p), ref) <= TOL
+    assert _err(_run("cpu", "cpu", frames, index_map.int(), p), ref) <= TOL
 
 
 def test_cpu_kernel_threads_and_strided_input():
@@ -195,9 +227,9 @@ def test_cpu_kernel_threads_and_strided_input():
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = _run("cpu", frames, index_map, p)
+        one = _run("cpu", "cpu", frames, index_map, p)
         torch.set_num_threads(2)
-        two = _run("cpu", frames, index_map, p)
+        two = _run("cpu", "cpu", frames, index_map, p)
     finally:
         torch.set_num_threads(saved)
     assert torch.equal(one, two)
@@ -220,7 +252,7 @@ def test_cpu_falls_back_to_eager_without_a_compiler(monkeypatch, tmp_path):
     monkeypatch.setattr(PJC, "_LIB", {})
     frames, index_map, p = _case(T=3, seed=11)
     with pytest.warns(RuntimeWarning, match="eager torch path"):
-        out = _run("cpu", frames, index_map, p)
+        out = _run("cpu", "cpu", frames, index_map, p)
     assert _err(out, PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)) <= TOL
 
 
@@ -272,12 +304,13 @@ def test_bad_backend():
 
 # ----------------------------------------------------------------------------------------- real GPU code
 def test_every_shipped_config_compiles_for_sm80_and_sm90():
-    """AOT (no GPU): every config -> PTX + cubin for sm80/sm90 (half outputs: sm90), zero register spills.
-    ``make bench`` records all config x dtype x arch combinations."""
-    rows = PJ.aot_compile_configs(archs=(80, 90), out_dtypes=(torch.float32,))
-    rows += PJ.aot_compile_configs(archs=(90,), out_dtypes=(torch.bfloat16, torch.float16))
-    assert len(rows) == len(PJ.KERNEL_CONFIGS) * 4
-    for cfg, dt, res in rows:
-        assert res.cubin[:4] == b"\x7fELF" and ".entry _pace_jitter_kernel" in res.ptx, (cfg, dt, res.arch)
-        assert res.spill_bytes == 0, (cfg, dt, res.arch, res.registers)
-        assert res.registers <= 255 and res.num_warps == cfg["num_warps"]
+    """AOT (no GPU needed): every config -> PTX + cubin for sm80/sm90 (half outputs: sm90), zero register
+    spills. ``make bench`` records all config x dtype x arch combinations."""
+    rows = aot_compile_configs(PJ.shipped_configs(dtypes=(torch.float32,)), archs=(80, 90))
+    rows += aot_compile_configs(PJ.shipped_configs(dtypes=(torch.bfloat16, torch.float16)), archs=(90,))
+    assert len(rows) == len(_launch_configs()) * 4
+    warps = {c["name"]: c["num_warps"] for c in PJ.shipped_configs()}
+    for name, arch, res in rows:
+        assert res.cubin[:4] == b"\x7fELF" and ".entry _pace_jitter_kernel" in res.ptx, (name, arch)
+        assert res.spill_bytes == 0, (name, arch, res.registers)
+        assert res.registers <= 255 and res.num_warps == warps[name]

@@ -18,7 +18,7 @@ from vpace.data.index import VideoEntry, VideoIndex
 from vpace.data.pace import sample_indices
 from vpace.data.rsp import RSPClipDataset, sample_rsp_clips
 from vpace.models import build_backbone
-from vpace.objectives import KeyQueue, RSPNetObjective, rspnet_objective
+from vpace.objectives import KeyQueue, build_rspnet, rspnet_objective
 
 T, HW = 8, 32
 
@@ -115,22 +115,22 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         q.enqueue(keys)
     # (b) a full RSPNet step with the query encoder in DDP; each rank feeds different videos
     torch.manual_seed(0)  # same init on both ranks, as DDP expects
-    obj = RSPNetObjective(build_backbone("r21d_tiny"), RSPNetConfig(queue_size=16, momentum=0.9))
-    obj.model = torch.nn.parallel.DistributedDataParallel(obj.model)
-    opt = torch.optim.SGD(obj.parameters(), lr=0.1)
+    net, loss_fn = build_rspnet(build_backbone("r21d_tiny"), RSPNetConfig(queue_size=16, momentum=0.9))
+    ddp = torch.nn.parallel.DistributedDataParallel(net)  # the whole model, as the train loop wraps it
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
     g = torch.Generator().manual_seed(1 + rank)
     clips = torch.randn(2 * 3, 3, T, HW, HW, generator=g)
     meta = {"pace_label": torch.tensor([0, 0, 1, 1, 1, 0]),
             "video_id": torch.tensor([0, 0, 0, 1, 1, 1]) + 2 * rank}
-    loss, _ = obj.step(clips, meta)
+    loss, _ = loss_fn(ddp(clips), meta)
     loss.backward()
     opt.step()
     # this rank's k_neg keys, recomputed independently (the key encoder is updated only below)
-    my_keys = obj.net.keys(clips.view(2, 3, *clips.shape[1:])[:, 2])["a"]
-    obj.after_optimizer_step()
-    torch.save({"queue": q.state_dict(), "rsp_queue": obj.net.queue.state_dict(), "my_keys": my_keys,
-                "q_params": [p.detach().clone() for p in obj.raw_model.parameters()],
-                "k_params": [p.detach().clone() for p in obj.net.encoder_k.parameters()]},
+    my_keys = net.keys(clips.view(2, 3, *clips.shape[1:])[:, 2])["a"]
+    net.after_optimizer_step()
+    torch.save({"queue": q.state_dict(), "rsp_queue": net.queue.state_dict(), "my_keys": my_keys,
+                "q_params": [p.detach().clone() for p in net.encoder_q.parameters()],
+                "k_params": [p.detach().clone() for p in net.encoder_k.parameters()]},
                f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -179,9 +179,10 @@ def _rsp_batch(videos: torch.Tensor, speeds: str, seed: int) -> tuple[torch.Tens
 def test_momentum_encoder_is_never_touched_by_the_optimizer():
     torch.manual_seed(0)
     m = 0.9
-    obj = RSPNetObjective(build_backbone("r21d_tiny"), RSPNetConfig(queue_size=32, momentum=m))
-    enc_q, enc_k = obj.net.encoder_q, obj.net.encoder_k
-    opt = torch.optim.SGD(obj.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)
+    net, loss_fn = build_rspnet(build_backbone("r21d_tiny"), RSPNetConfig(queue_size=32, momentum=m))
+    enc_q, enc_k = net.encoder_q, net.encoder_k
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5, momentum=0.9,
+                          weight_decay=1e-2)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert in_opt == {id(p) for p in enc_q.parameters()}
     assert not in_opt & {id(p) for p in enc_k.parameters()}
@@ -191,14 +192,14 @@ def test_momentum_encoder_is_never_touched_by_the_optimizer():
     clips, meta = _rsp_batch(_videos(4, 40, 0), "1,2", 0)
     for _ in range(2):
         k_before = [p.detach().clone() for p in enc_k.parameters()]
-        loss, _ = obj.step(clips, meta)
+        loss, _ = loss_fn(net(clips), meta)
         opt.zero_grad()
         loss.backward()
         opt.step()
         assert all(p.grad is None for p in enc_k.parameters())
         for p, b in zip(enc_k.parameters(), k_before, strict=True):
             assert torch.equal(p, b)  # the optimizer step left the key encoder alone
-        obj.after_optimizer_step()
+        net.after_optimizer_step()
         changed = 0
         for pk, pq, b in zip(enc_k.parameters(), enc_q.parameters(), k_before, strict=True):
             assert torch.equal(pk, m * b + (1 - m) * pq.detach())  # exactly the EMA, nothing else
@@ -233,24 +234,24 @@ def test_rspnet_loss_matches_the_formula():
 
 def test_rspnet_rejects_a_batch_in_the_wrong_order():
     torch.manual_seed(0)
-    obj = RSPNetObjective(build_backbone("r21d_tiny"), RSPNetConfig(queue_size=8))
+    net, loss_fn = build_rspnet(build_backbone("r21d_tiny"), RSPNetConfig(queue_size=8))
     clips, meta = _rsp_batch(_videos(2, 30, 0), "1,2", 0)
     bad = dict(meta, pace_label=meta["pace_label"].view(2, 3).flip(1).reshape(-1))
     with pytest.raises(ValueError, match="q == k_pos != k_neg"):
-        obj.step(clips, bad)
+        loss_fn(net(clips), bad)
     with pytest.raises(ValueError, match="multiple of clips_per_video=3"):
-        obj.step(clips[:4], {k: v[:4] for k, v in meta.items()})
+        net(clips[:4])
 
 
 def test_rspnet_overfits_a_fixed_batch():
     """The loss of a fixed batch drops within a few steps (queue = other videos' keys, restored each step)."""
     torch.manual_seed(0)
-    obj = RSPNetObjective(build_backbone("r21d_tiny"), RSPNetConfig(queue_size=24, momentum=0.99))
+    net, loss_fn = build_rspnet(build_backbone("r21d_tiny"), RSPNetConfig(queue_size=24, momentum=0.99))
     clips, meta = _rsp_batch(_videos(4, 40, 0), "1,2", 0)
     other, _ = _rsp_batch(_videos(8, 40, 1), "1,2", 1)
-    obj.net.queue.enqueue(obj.net.keys(other)["a"])  # 24 keys of 8 other videos fill the ring
-    snapshot = obj.net.queue.state_dict()
-    hist = overfit(obj, clips, meta, steps=6, after_step=lambda: obj.net.queue.load_state_dict(snapshot))
+    net.queue.enqueue(net.keys(other)["a"])  # 24 keys of 8 other videos fill the ring
+    snapshot = net.queue.state_dict()
+    hist = overfit(net, loss_fn, clips, meta, steps=6, after_step=lambda: net.queue.load_state_dict(snapshot))
     first, last = hist[0], hist[-1]
     assert last["loss"] < 0.6 * first["loss"], [h["loss"] for h in hist]
     assert last["loss_avid"] < first["loss_avid"] and last["loss_rsp"] <= first["loss_rsp"]

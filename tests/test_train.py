@@ -6,28 +6,23 @@ fused augmentation -> objective -> DDP over gloo) on a local 2-CPU Ray; nothing 
 
 from __future__ import annotations
 
-import os
-import tempfile
+import json
+import math
+import statistics
+from collections import Counter
+from pathlib import Path
 
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # report() waits for the controller's poll
-os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="vpray"))  # short: Ray's socket paths are limited
+import numpy as np
+import pytest
+import torch
+from conftest import n_train, tiny
 
-import json  # noqa: E402
-import math  # noqa: E402
-import statistics  # noqa: E402
-from collections import Counter  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from conftest import n_train, tiny  # noqa: E402
-
-from vpace.config import Config, ConfigError, OptimConfig  # noqa: E402
-from vpace.train import export_backbone, pretrain  # noqa: E402
-from vpace.train.checkpoint import load_state, read_meta, save_checkpoint  # noqa: E402
-from vpace.train.loop import StepSchedule, maybe_inject_fault  # noqa: E402
-from vpace.train.sampler import ElasticBatchSampler, epoch_permutation, step_bounds  # noqa: E402
+from vpace.config import Config, ConfigError, OptimConfig
+from vpace.data.reader import BrokenVideoError
+from vpace.train import export_backbone, pretrain
+from vpace.train.checkpoint import load_state, read_meta, save_checkpoint
+from vpace.train.loop import StepSchedule, maybe_inject_fault
+from vpace.train.sampler import ElasticBatchSampler, epoch_permutation, step_bounds
 
 # ------------------------------------------------------------------------------------------------ units
 
@@ -153,10 +148,12 @@ def test_two_worker_run_learns_and_leaves_loadable_checkpoint(local_ray, synth, 
     third = len(losses) // 3
     assert statistics.mean(losses[-third:]) < statistics.mean(losses[:third]) - 0.2, losses
 
+    _assert_per_pace_metrics(cfg, rows, Path(res.run_dir))
+
     ckpt = Path(res.checkpoint)
     state = torch.load(ckpt / "state.pt", weights_only=True)  # plain tensors + containers only
-    obj = build_objective(cfg, build_backbone(cfg.model.backbone))
-    obj.load_state_dict(state["model"])  # strict: every key of the objective is in the checkpoint
+    model, _ = build_objective(cfg, build_backbone(cfg.model.backbone))
+    model.load_state_dict(state["model"])  # strict: every key of the objective is in the checkpoint
     assert state["loop"]["step"] == res.metrics["step"] and len(state["optimizer"]["state"]) > 0
 
     out = export_backbone(res.run_dir, tmp_path / "bb.safetensors")
@@ -170,6 +167,57 @@ def test_two_worker_run_learns_and_leaves_loadable_checkpoint(local_ray, synth, 
     assert (run / "curves.png").stat().st_size > 0 and list((run / "tensorboard").glob("events.*"))
     csv_rows = (run / "metrics.csv").read_text().splitlines()
     assert len(csv_rows) == epochs + 1 and csv_rows[0].startswith("epoch,step,")
+
+
+def _assert_per_pace_metrics(cfg: Config, rows: list[dict], run: Path) -> None:
+    """Per-pace / wrap metrics of every epoch against the data set's own draws (`data.start` = fit), and the
+    report's per-pace tables (training and held out) from them."""
+    from vpace.data import VideoReader, load_index
+    from vpace.data.pace import pace_metric_name
+    from vpace.eval.report import write_report
+    from vpace.eval.results import pct
+    from vpace.eval.speed_segments import pace_accuracy
+    from vpace.train.pretrain_task import PretrainTask
+
+    ds = PretrainTask().dataset(cfg)
+    lengths = {}
+    for e in load_index(cfg.data.index).split("train").entries:
+        try:
+            lengths[e.path] = VideoReader(e.path).num_frames
+        except BrokenVideoError:
+            pass
+    names = [pace_metric_name(p) for p in ds.pace_set]
+    for r in rows:
+        ds.set_epoch(r["epoch"])
+        clips, wrapped = Counter(), Counter()
+        for i in range(len(ds)):
+            if (n := lengths.get(ds.index[i % len(ds.index)].path)) is not None:
+                draw = ds.sample(i, n)
+                clips.update(draw.labels.tolist())
+                wrapped.update(draw.labels[draw.wrapped].tolist())
+        correct = 0.0
+        for k, name in enumerate(names):
+            assert r[f"wrap_frac/{name}"] == wrapped[k] / clips[k] == 0.0  # fit: these videos fit every clip
+            assert f"pace_acc_wrap/{name}" not in r  # no wrapped clip, no accuracy to report
+            assert r[f"pace_acc_nowrap/{name}"] == r[f"pace_acc/{name}"]
+            hits = r[f"pace_acc/{name}"] * clips[k]  # a count of clips summed over both workers
+            assert hits == pytest.approx(round(hits), abs=1e-6)
+            correct += round(hits)
+        exact = correct / sum(clips.values())
+        assert r["pace_acc_nowrap"] == r["pace_acc"] == pytest.approx(exact, abs=1e-12)
+        assert r["wrap_frac"] == 0.0
+
+    heldout = pace_accuracy(str(run), num_clips=2)  # the run's test split, written into <run>/eval
+    report = write_report(str(run), bench_dir=str(run / "no-benchmarks")).read_text()
+    assert "### Training clips, last epoch (`data.start: fit`)" in report
+    last = rows[-1]
+    for p, name in zip(ds.pace_set, names, strict=True):
+        cells = [pct(last[f"wrap_frac/{name}"]), pct(last[f"pace_acc/{name}"]),
+                 pct(last[f"pace_acc_nowrap/{name}"]), "-"]
+        assert f"| {p} | {' | '.join(cells)} |" in report
+    for h in heldout["rows"]:
+        assert f"| {h['pace']} | {h['clips']} | {pct(h['acc'])} | {h['videos_too_short']} |" in report
+    assert sum(h["clips"] for h in heldout["rows"]) > 0
 
 
 @pytest.mark.slow

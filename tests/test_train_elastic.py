@@ -7,40 +7,40 @@ epoch still covers every video exactly once, and the lr follows the actual globa
 
 from __future__ import annotations
 
-import os
+import json
+import math
 import sys
-import tempfile
+import threading
+import time
+from pathlib import Path
 
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="vpray"))
+import pytest
+from conftest import n_train, ray_env, tiny
 
-import json  # noqa: E402
-import math  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+from vpace.train import run_task
+from vpace.train.pretrain_task import PretrainTask
 
-import pytest  # noqa: E402
-
-from vpace.config import load_config  # noqa: E402
-from vpace.train import run_task  # noqa: E402
-from vpace.train.pretrain_task import PretrainTask  # noqa: E402
+CKPT_EVERY = 2
 
 
-class PacedPretrainTask(PretrainTask):
-    """Real pre-training, but slowed down (>= 2 s per step) while shrunk to one worker, so the run cannot
-    finish before the grown-back group starts (the autoscaling coordinator sees a new node every 20 s)."""
+class GatedPretrainTask(PretrainTask):
+    """Real pre-training that holds a worker group once it has checkpointed, while the test still has to
+    change the cluster under that group (file `hold_world<N>` in `gates` exists): the run cannot end before
+    the shrink and the grow-back, however slow the machine. A held worker just sleeps until Ray Train ends
+    its group (node removed, or a resize)."""
 
-    shrunk_step_s = 2.0
+    def __init__(self, gates: Path) -> None:
+        self.gates, self.steps_this_attempt = str(gates), 0
 
     def step(self, batch, generator):
         import torch.distributed as dist
 
-        t0 = time.perf_counter()
-        out = super().step(batch, generator)
-        if not (dist.is_initialized() and dist.get_world_size() > 1):
-            time.sleep(max(0.0, self.shrunk_step_s - (time.perf_counter() - t0)))
-        return out
+        self.steps_this_attempt += 1
+        if self.steps_this_attempt > CKPT_EVERY:  # this group's first checkpoint is reported
+            gate = Path(self.gates) / f"hold_world{dist.get_world_size() if dist.is_initialized() else 1}"
+            while gate.exists():
+                time.sleep(0.2)
+        return super().step(batch, generator)
 
 
 def _checkpoints(run_dir: Path) -> list[tuple[int, int]]:
@@ -53,27 +53,32 @@ def _checkpoints(run_dir: Path) -> list[tuple[int, int]]:
 
 
 @pytest.mark.slow
-def test_elastic_shrink_then_grow_back(tmp_path, tmp_path_factory, monkeypatch):
+def test_elastic_shrink_then_grow_back(no_ray, synth, tmp_path, ray_tmpdir, monkeypatch):
     import ray
-    from conftest import synthetic_set
     from ray import cloudpickle
     from ray.cluster_utils import Cluster
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    for k, v in ray_env(ray_tmpdir).items():  # the cluster's processes start with this environment
+        monkeypatch.setenv(k, v)
     # A restart first asks for the old group size (the autoscaling coordinator refreshes every 20 s); a short
     # wait for its placement group makes that attempt give up after 10 s instead of 60 s. Read (and passed to
     # the Train controller) when the trainer starts; only this test's runs get it.
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "10")
-    data = synthetic_set(tmp_path_factory)
-    total, base_lr = 60, 0.01
-    cfg = load_config("smoke", overrides=[
-        f"data.index={data}", f"run.storage={tmp_path / 'runs'}", "run.name=elastic", "data.epoch_size=null",
-        "data.clip_len=8", "data.height=48", "data.width=64", "augment.crop=32", "data.num_workers=0",
-        f"optim.lr={base_lr}", "optim.batch_size=5", "optim.base_batch_size=5", "optim.epochs=1000",
-        "optim.lr_step_epochs=1000", f"optim.max_steps={total}", "scale.min_workers=1", "scale.max_workers=2",
-        "scale.checkpoint_every=2", "scale.num_to_keep=1000",
-        "scale.max_failures=1"])  # exactly one failure: the worker on the removed node
+    # 21 train items (one broken): epoch 0 = 2 steps of 4 on 2 workers, 2 of 5 on 1, the last 3 on 2 again;
+    # epoch 1 = 5 more steps on 2 workers. Epoch 0 spans both resizes and still has to cover every video.
+    total, base_lr = 10, 0.01
+    cfg = tiny(synth, tmp_path / "runs", "elastic", "data.num_workers=0", f"optim.lr={base_lr}",
+               "optim.batch_size=5", "optim.base_batch_size=5", "optim.epochs=1000",
+               "optim.lr_step_epochs=1000",
+               f"optim.max_steps={total}", "scale.min_workers=1", "scale.max_workers=2",
+               f"scale.checkpoint_every={CKPT_EVERY}", "scale.num_to_keep=1000",
+               "scale.max_failures=1")  # exactly one failure: the worker on the removed node
     run_dir = tmp_path / "runs" / "elastic"
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    for world in (1, 2):
+        (gates / f"hold_world{world}").touch()
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     second = cluster.add_node(num_cpus=1)
@@ -83,19 +88,16 @@ def test_elastic_shrink_then_grow_back(tmp_path, tmp_path_factory, monkeypatch):
 
     def fit() -> None:
         try:
-            out["result"] = run_task(PacedPretrainTask(), cfg, resize_interval_s=2.0)
+            out["result"] = run_task(GatedPretrainTask(gates), cfg, resize_interval_s=2.0)
         except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
             out["error"] = e
 
-    def wait_for(pred, what: str, timeout: float = 240.0) -> list[tuple[int, int]]:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            got = [c for c in _checkpoints(run_dir) if pred(c)]
-            if got:
-                return got
+    def wait_for(pred, what: str) -> list[tuple[int, int]]:
+        """Poll Ray Train's checkpoint registry (pytest-timeout bounds the whole test)."""
+        while not (got := [c for c in _checkpoints(run_dir) if pred(c)]):
             assert runner.is_alive(), f"run ended before {what}: {out}"
             time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}; checkpoints {_checkpoints(run_dir)}")
+        return got
 
     try:
         # Cluster.add_node/remove_node must run in the main thread: the training runs in a thread instead.
@@ -104,13 +106,15 @@ def test_elastic_shrink_then_grow_back(tmp_path, tmp_path_factory, monkeypatch):
         wait_for(lambda c: c[1] == 2, "a checkpoint of the 2-worker group")
         cluster.remove_node(second)
         shrunk = wait_for(lambda c: c[1] == 1, "a checkpoint of the shrunk 1-worker group")
+        (gates / "hold_world2").unlink()  # the grown-back group runs to the end
         cluster.add_node(num_cpus=1)
         wait_for(lambda c: c[1] == 2 and c[0] > max(s for s, _ in shrunk), "a checkpoint after growing back")
-        runner.join(timeout=300)
-        assert not runner.is_alive(), "run did not finish"
+        runner.join()
         if "error" in out:
             raise out["error"]
     finally:
+        for gate in gates.iterdir():  # never leave a worker held
+            gate.unlink()
         ray.shutdown()
         cluster.shutdown()
 
@@ -119,9 +123,9 @@ def test_elastic_shrink_then_grow_back(tmp_path, tmp_path_factory, monkeypatch):
     sizes = [a["world_size"] for a in res.history["attempts"]]
     assert sizes[0] == 2 and 1 in sizes and sizes[sizes.index(1):].count(2) >= 1, sizes
     # every finished epoch saw each training video exactly once, across the resizes
-    n_train = len((data / "trainlist01.txt").read_text().splitlines())
     epochs = res.history["epochs"]
-    assert epochs and all(e["videos"] + e["skipped"] == n_train for e in epochs), epochs
+    assert [e["epoch"] for e in epochs] == [0, 1], epochs
+    assert all(e["videos"] + e["skipped"] == n_train(synth) for e in epochs), epochs
     # global batch 5 = 2 + 2 on two workers (lr x 4/5), 5 on one worker (lr x 5/5)
     for row in res.history["steps"]:
         expect = base_lr * (4 if row["world_size"] == 2 else 5) / 5

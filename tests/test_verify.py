@@ -42,3 +42,20 @@ def test_contact_sheet(tmp_path, pace, clip_len):
     out = write_contact_sheet(video, pace, tmp_path / "sheet" / "c.png", clip_len=clip_len, start=26)
     image = matplotlib.image.imread(out)
     assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 200
+
+
+def test_verify_lists_dangling_links_and_folders_with_their_reason(coded_tree, tmp_path):
+    import shutil
+
+    root = tmp_path / "tree"
+    shutil.copytree(coded_tree, root)
+    (root / "a" / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (root / "b" / "x.mp4").mkdir()
+    with pytest.warns(UserWarning, match="not files"):
+        index = from_folder(root)
+    report = verify_index(index, progress=False)
+    assert (report.total, report.ok, report.num_broken) == (5, 3, 2)
+    reasons = dict(report.broken)
+    assert reasons[str(root / "a" / "gone.mp4")].startswith("dangling symbolic link")
+    assert reasons[str(root / "b" / "x.mp4")] == "a folder, not a video file"
+    assert f"BROKEN {root / 'b' / 'x.mp4'}: a folder, not a video file" in report.format()

@@ -3,8 +3,8 @@
 __version__ = "0.1.0"
 
 
-def embed(videos, checkpoint, **kw):  # noqa: ANN001, ANN201 - thin re-export, see vpace.eval.embed.embed
+def embed(videos, checkpoint, **kw):  # noqa: ANN001, ANN201 - thin re-export, see vpace.eval.embedding.embed
     """Features of `videos` (paths or a data index) from `checkpoint` as an ``np.ndarray`` [N, D]."""
-    from vpace.eval.embed import embed as _embed
+    from vpace.eval.embedding import embed as _embed
 
     return _embed(videos, checkpoint, **kw)

@@ -1,13 +1,71 @@
-"""`vpace` command line: one sub-command per verb, heavy imports deferred so `--help` is instant."""
+"""`vpace` command line: one sub-command per verb, heavy imports deferred so `--help` is instant.
+
+Errors: a user error (`vpace.errors.UserError`: a bad config field, index file or checkpoint; a missing file;
+an unreadable video) is printed as one line, `vpace CMD: error: ...`, exit status 2. Anything else is a bug
+and keeps its traceback (exit status 1); `vpace --debug CMD` shows the traceback of user errors too.
+vpace's own warnings (a skipped checkpoint, missing videos) are one line each, `vpace: warning: ...`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int | None]
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from vpace.errors import UserError
+
+    kinds: list[type[BaseException]] = [UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError]
+    reader = sys.modules.get("vpace.data.reader")  # an unreadable video; not imported (torch) just to ask
+    if reader is not None:
+        kinds.append(reader.BrokenVideoError)
+    return tuple(kinds)
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= `low` (a bad count is a usage error, not a traceback from deep down)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+_positive_int, _count = _int_at_least(1), _int_at_least(0)
+
+
+def _pace(text: str) -> str:
+    from vpace.data.pace import parse_pace
+
+    try:
+        parse_pace(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _check_layers(layers: list[str]) -> list[str]:
+    from vpace.errors import UserError
+    from vpace.eval.features import LAYERS
+
+    bad = [x for x in layers if x not in LAYERS]
+    if bad:
+        raise UserError(f"unknown feature layer(s) {', '.join(bad)}; valid: {', '.join(LAYERS)}")
+    return layers
 
 
 def _cmd_make_synthetic(a: argparse.Namespace) -> int:
@@ -50,9 +108,10 @@ def _cmd_configs(a: argparse.Namespace) -> int:
 
 def _cmd_pretrain(a: argparse.Namespace) -> int:
     from vpace.config import load_config
+
+    cfg = load_config(a.config, overrides=a.set)  # before importing torch/Ray: a bad --set fails at once
     from vpace.train import pretrain
 
-    cfg = load_config(a.config, overrides=a.set)
     result = pretrain(cfg, address=a.address)
     print(result)
     return 0
@@ -69,7 +128,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
 def _cmd_retrieve(a: argparse.Namespace) -> int:
     from vpace.eval.retrieval import retrieve
 
-    retrieve(a.checkpoint, data=a.data, split_id=a.split_id, layers=a.layers.split(","),
+    retrieve(a.checkpoint, data=a.data, split_id=a.split_id, layers=_check_layers(a.layers.split(",")),
              baseline=a.baseline, backbone=a.backbone, out_dir=a.out, num_clips=a.num_clips,
              batch_size=a.batch_size, num_workers=a.workers)  # prints the table itself
     return 0
@@ -78,10 +137,11 @@ def _cmd_retrieve(a: argparse.Namespace) -> int:
 def _cmd_finetune(a: argparse.Namespace) -> int:
     import json
 
-    from vpace.eval.finetune import finetune
+    from vpace.eval.finetuning import finetune
     from vpace.eval.probes import knn_classify, linear_probe
 
     common = {"data": a.data, "backbone": a.backbone, "baseline": a.baseline, "out_dir": a.out}
+    _check_layers([a.layer])
     if a.linear_probe:
         res = linear_probe(a.checkpoint, layer=a.layer, **common)
     elif a.knn:
@@ -93,7 +153,7 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
 
 
 def _cmd_attention(a: argparse.Namespace) -> int:
-    from vpace.eval.attention import attention
+    from vpace.eval.attention_maps import attention
 
     res = attention(a.checkpoint, a.videos, paces=a.paces, out=a.out, backbone=a.backbone, start=a.start,
                     scale=a.scale)
@@ -102,16 +162,20 @@ def _cmd_attention(a: argparse.Namespace) -> int:
 
 
 def _cmd_embed(a: argparse.Namespace) -> int:
-    from vpace.eval.embed import embed_to_file
+    from vpace.eval.embedding import embed_to_file
 
-    res = embed_to_file(a.videos, a.checkpoint, out=a.out, layer=a.layer, mode=a.mode, backbone=a.backbone)
+    layer = _check_layers([a.layer])[0]
+    res = embed_to_file(a.videos, a.checkpoint, out=a.out, layer=layer, mode=a.mode, backbone=a.backbone)
     print(f"wrote {a.out} ({res.get('shape', '')})")
     return 0
 
 
 def _cmd_speed(a: argparse.Namespace) -> int:
-    from vpace.eval.speed import speed
+    from vpace.eval.speed_segments import pace_accuracy, speed
 
+    if a.video is None:  # held-out pace accuracy on a split (prints its table)
+        pace_accuracy(a.checkpoint, data=a.data, split=a.split, num_clips=a.clips, out_dir=a.out)
+        return 0
     res = speed(a.video, a.checkpoint, out_dir=a.out, stride=a.stride)
     print(f"wrote {res['png']} and {res['csv']} ({len(res['rows'])} segments)")
     return 0
@@ -133,6 +197,15 @@ def _cmd_tune(a: argparse.Namespace) -> int:
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
+    from vpace.bench_rows import source_checkout
+    from vpace.errors import UserError
+
+    root = source_checkout()
+    if root is None:  # an installed wheel: benchmarks/ is not part of it
+        raise UserError("the benchmark code is not installed with vpace; it lives in benchmarks/ of the "
+                        "vpace source repository (there: `make bench` or `python -m benchmarks.run`)")
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
     from benchmarks.kernels_jitter import print_table
 
     print_table(quick=not a.full)
@@ -157,13 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vpace",
         description="Self-supervised video representation learning by pace prediction (and RSPNet).",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of user errors too (bad config, file, checkpoint)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = _add(sub, "make-synthetic", "write the synthetic motion action set (mp4 + UCF101-style splits)",
              _cmd_make_synthetic)
     p.add_argument("out", help="output folder")
-    p.add_argument("--videos", type=int, default=500, help="number of videos (default 500)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--videos", type=_positive_int, default=500, help="number of videos (default 500)")
+    p.add_argument("--seed", type=_count, default=0)
 
     p = _add(sub, "verify-data", "read every video's header and one frame; report broken ones",
              _cmd_verify_data)
@@ -172,9 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "inspect-clip", "write a PNG contact sheet of the frames a pace samples", _cmd_inspect_clip)
     p.add_argument("video")
-    p.add_argument("--pace", default="1", help="pace, e.g. 2 or 1/2 (default 1)")
-    p.add_argument("--clip-len", type=int, default=16)
-    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--pace", default="1", type=_pace, help="pace, e.g. 2 or 1/2 (default 1)")
+    p.add_argument("--clip-len", type=_positive_int, default=16)
+    p.add_argument("--start", type=_count, default=0)
     p.add_argument("--out", default=None, help="PNG path (default: <video>_pace<p>.png)")
 
     _add(sub, "configs", "list the named configs shipped with vpace", _cmd_configs)
@@ -194,9 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
              _cmd_retrieve)
     _model_args(p)
     p.add_argument("--layers", default="p5,p4", help="comma list of p5 (last pool) / p4 (second last)")
-    p.add_argument("--num-clips", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--num-clips", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=4)
+    p.add_argument("--workers", type=_count, default=2, help="DataLoader worker processes")
 
     p = _add(sub, "finetune", "action recognition: fine-tune on Ray Train (or --linear-probe / --knn)",
              _cmd_finetune)
@@ -204,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linear-probe", action="store_true", help="logistic regression on frozen features")
     p.add_argument("--knn", action="store_true", help="kNN classifier on frozen (cached) features")
     p.add_argument("--layer", default="p5")
-    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--k", type=_positive_int, default=20)
     p.add_argument("--lr", type=float, default=None, help="default 3e-3 (0.01 for s3d_g)")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=_positive_int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--address", default=None)
 
@@ -215,10 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="run dir, checkpoint dir or backbone file")
     p.add_argument("videos", nargs="+")
     p.add_argument("--paces", default=None, help="default: the run's pace set")
-    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--start", type=_count, default=0)
     p.add_argument("--backbone", default=None)
     p.add_argument("--out", default=None, help="PNG path (default <run>/eval/attention.png)")
-    p.add_argument("--scale", type=int, default=1,
+    p.add_argument("--scale", type=_positive_int, default=1,
                    help="decode and crop at N x the run's size (small-crop nets have a 1x1 conv5)")
 
     p = _add(sub, "embed", "features of videos to .npy (for downstream use)", _cmd_embed)
@@ -229,10 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="video", choices=("video", "clip"))
     p.add_argument("--backbone", default=None)
 
-    p = _add(sub, "speed", "predict the pace of every segment of a video (PNG + CSV)", _cmd_speed)
-    p.add_argument("video")
+    p = _add(sub, "speed", "pace of every segment of a video (PNG + CSV), or without VIDEO the held-out "
+             "per-pace accuracy on a split's clips that do not wrap", _cmd_speed)
+    p.add_argument("video", nargs="?", default=None)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--stride", type=int, default=8)
+    p.add_argument("--stride", type=_positive_int, default=8)
+    p.add_argument("--data", default=None, help="held-out mode: data index (default: the run's)")
+    p.add_argument("--split", default="test", help="held-out mode: split to measure on")
+    p.add_argument("--clips", type=_positive_int, default=5, help="held-out mode: clips per video and pace")
     p.add_argument("--out", default=None, help="output folder")
 
     p = _add(sub, "report", "write <run>/report.md (config, curves, retrieval/fine-tune tables, benchmarks)",
@@ -272,20 +351,39 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default <run>/eval)")
 
 
+_python_format_warning = warnings.formatwarning
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    """vpace's own warnings as one line; other libraries' keep Python's format (with their location)."""
+    if os.path.abspath(filename).startswith(_PACKAGE_DIR):
+        return f"vpace: warning: {' '.join(str(message).split())}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_handler", None):
         parser.print_help()
         return 2
+    warnings.formatwarning = _format_warning
     try:
         return int(args._handler(args) or 0)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no stack trace
-        print(f"vpace {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        user = isinstance(e, _user_errors())
+        if user and not args.debug:  # fixable input: one clear line
+            print(f"vpace {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        if not user:
+            print(f"vpace {args.command}: internal error ({type(e).__name__}): a bug in vpace or a library "
+                  "it uses; please report it with the traceback above", file=sys.stderr)
+        return 2 if user else 1
 
 
 if __name__ == "__main__":

@@ -16,18 +16,12 @@ from typing import Any
 
 import yaml
 
-from vpace.config_validate import (  # noqa: F401  (re-exported)
-    CTR_MODES,
-    KNOWN_BACKBONES,
-    METHODS,
-    OPTIMIZERS,
-    PROJ_HEADS,
-    RESIDUAL_SUFFIX,
-    ConfigError,
-    base_backbone,
-    parse_fraction_list,
-    validate,
-)
+from vpace.config_validate import ConfigError, validate
+from vpace.config_validate import parse_fraction_list as parse_fraction_list  # re-exported
+
+# torchvision's Kinetics-400 video-model normalisation: the default of every run (AugmentConfig.mean / .std).
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 
 @dataclass
@@ -41,6 +35,7 @@ class DataConfig:
     height: int = 128  # decode size (short side 128 -> 128x171 like the paper)
     width: int = 171
     clips_per_video: int = 2  # n clips per video at distinct paces (same-context contrast)
+    start: str = "fit"  # fit | wrap: training clip starts only where the clip fits, or anywhere (it loops)
     epoch_size: int | None = None  # items per epoch; None = len(index) (paper: ~90k on UCF101)
     num_workers: int = 2  # DataLoader worker processes per training worker
     decode_threads: int = 1
@@ -59,8 +54,8 @@ class AugmentConfig:
     saturation: float = 0.8
     hue: float = 0.2
     per_frame: bool = True
-    mean: tuple[float, float, float] = (0.43216, 0.394666, 0.37645)
-    std: tuple[float, float, float] = (0.22803, 0.22145, 0.216989)
+    mean: tuple[float, float, float] = KINETICS_MEAN
+    std: tuple[float, float, float] = KINETICS_STD
 
 
 @dataclass
@@ -247,18 +242,33 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _set_value(key: str, raw: str) -> Any:
+    """The YAML value of `--set key=raw`; a bad one is a one-line error naming the field."""
+    if not raw.strip():  # e.g. `--set pace.paces=""`: the shell ate the quotes
+        raise ConfigError(key, f"no value after '{key}=' (to clear an optional field write {key}=null)")
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(key, f"--set value {raw!r} is not valid YAML ({problem}); quote it to mean a "
+                               "string") from None
+
+
 def set_dotted(data: dict[str, Any], assignment: str) -> None:
     """Apply one `--set a.b=value` override (value parsed as YAML) to a nested dict."""
     if "=" not in assignment:
         raise ConfigError(assignment, "override must look like key.sub=value")
     key, raw = assignment.split("=", 1)
-    parts = key.strip().split(".")
+    key = key.strip()
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(key, "override must look like key.sub=value")
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(key, f"'{p}' is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    node[parts[-1]] = _set_value(key, raw)
 
 
 def named_configs() -> dict[str, Path]:

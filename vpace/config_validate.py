@@ -1,30 +1,28 @@
 """Semantic validation of a loaded `Config`: checks that types alone cannot express.
 
-Split from `vpace.config` to keep each module small; every error names the dotted field.
+Split from `vpace.config` to keep each module small; every error names the dotted field. It imports nothing
+of `vpace.config` (which imports it), so `validate` takes the config untyped.
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from vpace.config import Config
+from vpace.backbone_names import unknown_backbone
+from vpace.errors import UserError
 
 METHODS = ("pace", "pace_ctr", "rspnet")
 CTR_MODES = ("none", "same_context", "same_pace")
 PROJ_HEADS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adamw")
-KNOWN_BACKBONES = ("c3d", "r3d", "r21d", "s3d_g", "r21d_tiny", "tv_r3d_18", "tv_r2plus1d_18", "tv_s3d")
-RESIDUAL_SUFFIX = "+res"  # `r21d_tiny+res`: the backbone fed residual frames (vpace.models.residual_frames)
+# where a training clip may start (rule: vpace.data.pace.start_candidates): `fit` only where the clip fits in
+# the video, looping only when the video is shorter than the clip (paper §3.1); `wrap` anywhere (official
+# code)
+START_POLICIES = ("fit", "wrap")
 
 
-def base_backbone(name: str) -> str:
-    """The network a backbone name builds: the name without the residual-input suffix (same parameters)."""
-    return name.removesuffix(RESIDUAL_SUFFIX)
-
-
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value is invalid; the message starts with the dotted field name."""
 
     def __init__(self, field_name: str, msg: str) -> None:
@@ -56,8 +54,29 @@ def _check(cond: bool, name: str, msg: str) -> None:
         raise ConfigError(name, msg)
 
 
-def validate(cfg: Config) -> None:
-    """Semantic checks that types alone cannot express."""
+def augment_problem(a: Any, height: int, width: int) -> tuple[str, str] | None:
+    """The first out-of-range field of `AugmentConfig` ``a`` for ``height x width`` frames and why, or None.
+
+    The one home of these ranges (torchvision's RandomCrop / ColorJitter / RandomApply): config validation
+    reports them as ``augment.<field>`` before Ray starts, `vpace.augment` as ``<field>`` on direct calls.
+    """
+    if a.crop < 1:
+        return "crop", f"must be >= 1, got {a.crop}"
+    if a.crop > min(height, width):
+        return "crop", f"{a.crop}x{a.crop} is larger than the frames {height}x{width}"
+    for f in ("flip_p", "jitter_p"):
+        if not 0.0 <= getattr(a, f) <= 1.0:
+            return f, f"is a probability, got {getattr(a, f)}"
+    for f in ("brightness", "contrast", "saturation"):
+        if getattr(a, f) < 0:
+            return f, f"must be >= 0, got {getattr(a, f)}"
+    if not 0 <= a.hue <= 0.5:
+        return "hue", f"must be in [0, 0.5], got {a.hue}"
+    return None
+
+
+def validate(cfg: Any) -> None:
+    """Semantic checks of a `vpace.config.Config` that types alone cannot express."""
     _check(cfg.method in METHODS, "method", f"must be one of {METHODS}, got {cfg.method!r}")
     d, a, o, s = cfg.data, cfg.augment, cfg.optim, cfg.scale
     _check(bool(d.index), "data.index", "must name a data folder, split dir, CSV or index JSON")
@@ -67,22 +86,12 @@ def validate(cfg: Config) -> None:
     _check(d.epoch_size is None or d.epoch_size >= 1, "data.epoch_size", "must be >= 1")
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _check(d.decode_threads >= 0, "data.decode_threads", "must be >= 0")
-    _check(a.crop >= 1, "augment.crop", "must be >= 1")
-    _check(
-        a.crop <= min(d.height, d.width),
-        "augment.crop",
-        f"crop {a.crop} is larger than the decoded frames {d.height}x{d.width} (data.height x data.width)",
-    )
-    for f in ("flip_p", "jitter_p"):
-        v = getattr(a, f)
-        _check(0.0 <= v <= 1.0, f"augment.{f}", f"is a probability, got {v}")
-    for f in ("brightness", "contrast", "saturation"):
-        _check(getattr(a, f) >= 0, f"augment.{f}", "must be >= 0")
-    _check(0 <= a.hue <= 0.5, "augment.hue", f"must be in [0, 0.5], got {a.hue}")
+    _check(d.start in START_POLICIES, "data.start", f"must be one of {START_POLICIES}, got {d.start!r}")
+    if (problem := augment_problem(a, d.height, d.width)) is not None:
+        raise ConfigError(f"augment.{problem[0]}", problem[1])
     _check(all(v > 0 for v in a.std), "augment.std", "must be > 0")
-    _check(base_backbone(cfg.model.backbone) in KNOWN_BACKBONES, "model.backbone",
-           f"unknown backbone {cfg.model.backbone!r} (valid: {', '.join(KNOWN_BACKBONES)}, each optionally "
-           f"with {RESIDUAL_SUFFIX!r} for residual-frame input)")
+    problem = unknown_backbone(cfg.model.backbone)
+    _check(problem is None, "model.backbone", str(problem))
 
     p = cfg.pace
     paces = parse_fraction_list(p.paces, "pace.paces")

@@ -1,7 +1,7 @@
 """Video data: index formats, decord reader, pace sampling, clip datasets, verification and contact sheets."""
 
 from .contact_sheet import write_contact_sheet
-from .dataset import EvalClipDataset, PaceClipDataset, collate_clips, eval_starts, pack_clips
+from .dataset import EvalClipDataset, PaceClipDataset, collate_clips
 from .index import (
     IndexFormatError,
     VideoEntry,
@@ -13,17 +13,8 @@ from .index import (
     load_index,
     save_index,
 )
-from .pace import (
-    draw_distinct_paces,
-    format_pace,
-    pace_label,
-    parse_pace,
-    parse_pace_set,
-    random_start,
-    sample_indices,
-    unique_with_map,
-)
-from .reader import BrokenVideoError, CachedVideoReader, VideoReader, diagnose_video, open_video
+from .pace import clip_span, format_pace, pace_label, parse_pace, parse_pace_set, sample_indices, wraps
+from .reader import BrokenVideoError, CachedVideoReader, VideoReader, open_video
 from .verify import VerifyReport, verify_index
 
 __all__ = [
@@ -36,10 +27,8 @@ __all__ = [
     "VideoEntry",
     "VideoIndex",
     "VideoReader",
+    "clip_span",
     "collate_clips",
-    "diagnose_video",
-    "draw_distinct_paces",
-    "eval_starts",
     "format_pace",
     "from_folder",
     "from_hmdb51",
@@ -48,13 +37,11 @@ __all__ = [
     "load_index",
     "open_video",
     "pace_label",
-    "pack_clips",
     "parse_pace",
     "parse_pace_set",
-    "random_start",
     "sample_indices",
     "save_index",
-    "unique_with_map",
     "verify_index",
+    "wraps",
     "write_contact_sheet",
 ]

@@ -2,7 +2,8 @@
 
 An item keeps each clip as its *unique* decoded frames (zero padded to ``T``) plus an index map, so a slow
 clip that repeats frames is decoded and augmented once per distinct frame; ``frames[k][index_map[k]]`` is the
-clip. All clips of one item are decoded in a single ``get_batch`` over their union.
+clip. All clips of one item are decoded in a single ``get_batch`` over their union. A pre-training item also
+says which of its clips wrap (loop past the last frame; see the start policy in `vpace.data.pace`).
 
 Randomness is a pure function of ``(seed, epoch, item)``: the same item gives the same clips in any worker
 process and any order, and ``set_epoch`` moves to new clips. A broken video gives ``None`` (logged once per
@@ -15,16 +16,27 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from fractions import Fraction
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .index import VideoIndex
-from .pace import PaceLike, draw_distinct_paces, parse_pace_set, random_start, sample_indices
+from .pace import (
+    PaceLike,
+    check_start_policy,
+    draw_distinct_paces,
+    draw_start,
+    parse_pace_set,
+    sample_indices,
+    wraps,
+)
 from .reader import BrokenVideoError, FrameSource, open_video
 
-__all__ = ["EvalClipDataset", "PaceClipDataset", "collate_clips", "eval_starts", "pack_clips"]
+__all__ = ["ClipDraw", "EvalClipDataset", "PaceClipDataset", "collate_clips", "draw_clips", "eval_starts",
+           "pack_clips"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +66,24 @@ def collate_clips(items: Sequence[dict | None]) -> dict:
     batch: dict = {k: torch.stack([x[k] for x in kept]) for k in kept[0]} if kept else {}
     batch["skipped"] = len(items) - len(kept)
     return batch
+
+
+class ClipDraw(NamedTuple):
+    """The clips of one item: what a sampler decided before any frame is decoded."""
+
+    labels: np.ndarray  # int64 [n]: pace (or speed) label of each clip
+    indices: np.ndarray  # int64 [n, T]: source frame indices
+    wrapped: np.ndarray  # bool [n]: the clip runs past the last frame and loops (counted by the train loop)
+
+
+def draw_clips(num_frames: int, clip_len: int, pace_set: Sequence[Fraction], labels: np.ndarray,
+               starts: Sequence[int]) -> ClipDraw:
+    """Indices and wrap flags of clips at ``pace_set[labels[k]]`` from ``starts[k]``."""
+    paces = [pace_set[int(lab)] for lab in labels]
+    pairs = list(zip(paces, starts, strict=True))
+    indices = np.stack([sample_indices(num_frames, clip_len, p, s) for p, s in pairs])
+    wrapped = np.array([wraps(num_frames, clip_len, p, s) for p, s in pairs], dtype=bool)
+    return ClipDraw(np.asarray(labels, dtype=np.int64), indices, wrapped)
 
 
 def eval_starts(num_frames: int, num_clips: int, clip_len: int) -> np.ndarray:
@@ -118,10 +148,12 @@ class _ClipDataset(Dataset):
 
 
 class PaceClipDataset(_ClipDataset):
-    """``clips_per_video`` clips of distinct random paces from one video, each with a uniform random start.
+    """``clips_per_video`` clips of distinct random paces from one video, each from a random start drawn by
+    the start policy ``start`` (`vpace.data.pace.start_candidates`: ``fit`` or ``wrap``).
 
     Item ``i`` reads video ``i % len(index)``; ``epoch_size > len(index)`` draws several clip sets per video
-    and epoch (temporal jittering, paper §4.1). Labels are positions in the ascending pace set.
+    and epoch (temporal jittering, paper §4.1). Labels are positions in the ascending pace set; ``wrapped``
+    flags the clips that loop over the end of the video.
     """
 
     def __init__(
@@ -137,9 +169,11 @@ class PaceClipDataset(_ClipDataset):
         decode_threads: int = 1,
         cache_dir: str | os.PathLike | None = None,
         short_side: int | None = None,
+        start: str = "fit",
     ):
         super().__init__(index, clip_len, height, width, decode_threads, cache_dir, short_side)
         self.pace_set = parse_pace_set(pace_set)
+        self.start = check_start_policy(start)
         if not 1 <= clips_per_video <= len(self.pace_set):
             raise ValueError(
                 f"clips_per_video={clips_per_video} needs 1..{len(self.pace_set)} distinct paces "
@@ -160,15 +194,12 @@ class PaceClipDataset(_ClipDataset):
     def rng(self, i: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, int(i)])
 
-    def sample(self, i: int, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(pace_labels [n], source frame indices [n, T])`` of item ``i`` for a video of ``num_frames``."""
+    def sample(self, i: int, num_frames: int) -> ClipDraw:
+        """The clips of item ``i`` for a video of ``num_frames`` (override to plug in another sampler)."""
         rng = self.rng(i)
         labels = draw_distinct_paces(len(self.pace_set), self.clips_per_video, rng)
-        clips = [
-            sample_indices(num_frames, self.clip_len, self.pace_set[lab], random_start(num_frames, rng))
-            for lab in labels
-        ]
-        return labels, np.stack(clips)
+        starts = [draw_start(num_frames, self.clip_len, self.pace_set[k], self.start, rng) for k in labels]
+        return draw_clips(num_frames, self.clip_len, self.pace_set, labels, starts)
 
     def __getitem__(self, i: int) -> dict | None:
         if not 0 <= i < len(self):
@@ -177,10 +208,11 @@ class PaceClipDataset(_ClipDataset):
         reader = self._open(video_id)
         if reader is None:
             return None
-        labels, clips = self.sample(i, reader.num_frames)
-        item = self._item(video_id, reader, clips)
+        draw = self.sample(i, reader.num_frames)
+        item = self._item(video_id, reader, draw.indices)
         if item is not None:
-            item["pace_label"] = torch.from_numpy(labels)
+            item["pace_label"] = torch.from_numpy(draw.labels)
+            item["wrapped"] = torch.from_numpy(draw.wrapped)
         return item
 
 

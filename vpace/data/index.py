@@ -4,8 +4,10 @@ Four on-disk formats are understood (``load_index`` detects which): (a) a folder
 ``root/<class>/<video>`` (or ``root/<split>/<class>/<video>``), (b) UCF101 ``classInd.txt`` +
 ``trainlist0N.txt`` / ``testlist0N.txt``, (c) HMDB51 ``<class>_test_split<N>.txt`` (1=train, 2=test,
 0=unused) and (d) a Kinetics CSV ``label,youtube_id,time_start,time_end,split``. Listed-but-missing files are
-collected in ``VideoIndex.missing`` and reported once (count + first paths) instead of failing deep inside a
-data loader; an index in which nothing exists is an error. ``save_index`` / ``load_index("x.json")`` freeze an
+collected in ``VideoIndex.missing``, and names that exist but are not files (a dangling symbolic link, a
+folder called ``x.mp4``) in ``VideoIndex.unusable`` with the reason; both are reported once (count + first
+paths) instead of failing deep inside a data loader, or being left out silently. An index in which nothing
+exists is an error. ``save_index`` / ``load_index("x.json")`` freeze an
 index so a run can be reproduced.
 """
 
@@ -13,11 +15,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vpace.errors import UserError
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -46,7 +51,7 @@ _JSON_FORMAT = "vpace-index"
 _MAX_SHOWN = 5
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(UserError):
     """An annotation file is malformed; the message names the file (and line)."""
 
 
@@ -63,6 +68,7 @@ class VideoIndex:
     classes: list[str]
     root: str
     missing: list[str] = field(default_factory=list)
+    unusable: list[tuple[str, str]] = field(default_factory=list)  # (path, why): there, but not a file
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -80,19 +86,30 @@ class VideoIndex:
     def split(self, name: str) -> VideoIndex:
         """The sub-index of one split (``"all"`` = everything); an unknown split is an error, not empty."""
         name = _SPLIT_ALIASES.get(name, name)
-        if name == "all":
-            return VideoIndex(list(self.entries), list(self.classes), self.root, list(self.missing))
-        entries = [e for e in self.entries if e.split == name]
+        entries = list(self.entries) if name == "all" else [e for e in self.entries if e.split == name]
         if not entries:
-            raise ValueError(f"index of {self.root} has no {name!r} videos; its splits are {self.splits}")
-        return VideoIndex(entries, list(self.classes), self.root, list(self.missing))
+            raise UserError(f"index of {self.root} has no {name!r} videos; its splits are {self.splits}")
+        return VideoIndex(entries, list(self.classes), self.root, list(self.missing), list(self.unusable))
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def _is_video(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+def _video_name(p: Path) -> bool:
+    return p.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _not_a_file(p: Path) -> str | None:
+    """Why a path that exists (as a name) cannot be read as a video file; None if it is a file or absent."""
+    if p.is_file():
+        return None
+    if p.is_symlink() and not p.exists():
+        return f"dangling symbolic link (-> {os.readlink(p)})"
+    if p.is_dir():
+        return "a folder, not a video file"
+    if p.exists():
+        return "not a regular file (a device, socket or pipe)"
+    return None
 
 
 def _norm_split(s: str) -> str:
@@ -100,26 +117,41 @@ def _norm_split(s: str) -> str:
     return _SPLIT_ALIASES.get(s, s) or "all"
 
 
-def _first_existing(candidates: list[Path]) -> Path | None:
-    return next((c for c in candidates if c.is_file()), None)
+class _Found:
+    """Where listed videos ended up: found files, missing names, and names that are there but unusable."""
 
+    def __init__(self) -> None:
+        self.entries: list[VideoEntry] = []
+        self.missing: list[str] = []
+        self.unusable: list[tuple[str, str]] = []
 
-def _finish(
-    entries: list[VideoEntry], classes: list[str], root: Path, missing: list[str], what: str
-) -> VideoIndex:
-    """Build the index; warn once about missing files, fail if nothing exists at all."""
-    if not entries:
-        shown = "".join(f"\n  {m}" for m in missing[:_MAX_SHOWN])
-        detail = f"; all {len(missing)} listed files are missing, e.g.:{shown}" if missing else ""
-        raise FileNotFoundError(f"no videos found for {what} (root {root}){detail}")
-    if missing:
-        shown = ", ".join(missing[:_MAX_SHOWN]) + (", ..." if len(missing) > _MAX_SHOWN else "")
-        warnings.warn(
-            f"{len(missing)} of {len(missing) + len(entries)} videos listed in {what} are missing "
-            f"(see index.missing): {shown}",
-            stacklevel=3,
-        )
-    return VideoIndex(entries, classes, str(root), missing)
+    def add(self, candidates: list[Path], label: int, split: str) -> None:
+        """First candidate that is a file; else the first that is there but not a file; else missing."""
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is not None:
+            self.entries.append(VideoEntry(str(found), label, split))
+            return
+        bad = next(((c, why) for c in candidates if (why := _not_a_file(c))), None)
+        if bad is not None:
+            self.unusable.append((str(bad[0]), bad[1]))
+        else:
+            self.missing.append(str(candidates[0]))
+
+    def finish(self, classes: list[str], root: Path, what: str) -> VideoIndex:
+        """Build the index; warn once about missing/unusable files, fail if nothing usable exists at all."""
+        problems = self.missing + [f"{p} ({why})" for p, why in self.unusable]
+        if not self.entries:
+            shown = "".join(f"\n  {m}" for m in problems[:_MAX_SHOWN])
+            detail = f"; all {len(problems)} listed files are missing or not files, e.g.:{shown}"
+            raise FileNotFoundError(f"no videos found for {what} (root {root}){detail if problems else ''}")
+        if problems:
+            shown = ", ".join(problems[:_MAX_SHOWN]) + (", ..." if len(problems) > _MAX_SHOWN else "")
+            warnings.warn(
+                f"{len(problems)} of {len(problems) + len(self.entries)} videos of {what} are missing or not "
+                f"files (see index.missing / index.unusable): {shown}",
+                stacklevel=3,
+            )
+        return VideoIndex(self.entries, classes, str(root), self.missing, self.unusable)
 
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
@@ -139,21 +171,26 @@ def from_folder(root: str | Path) -> VideoIndex:
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"video folder {root} does not exist")
-    tops = sorted(d for d in root.iterdir() if d.is_dir())
+
+    def folders(d: Path) -> list[Path]:  # a folder named like a video (x.mp4) is an unusable video, no class
+        return sorted(c for c in d.iterdir() if c.is_dir() and not _video_name(c))
+
+    tops = folders(root)
     split_dirs = [d for d in tops if _norm_split(d.name) in SPLITS]
     by_split = split_dirs and len(split_dirs) == len(tops)
     groups = [(d, _norm_split(d.name)) for d in split_dirs] if by_split else [(root, "all")]
-    classes = sorted({c.name for g, _ in groups for c in g.iterdir() if c.is_dir()})
+    classes = sorted({c.name for g, _ in groups for c in folders(g)})
     lookup = {c: i for i, c in enumerate(classes)}
-    entries = [
-        VideoEntry(str(v), lookup[c.name], split)
-        for g, split in groups
-        for c in sorted(d for d in g.iterdir() if d.is_dir())
-        for v in sorted(c.iterdir())
-        if _is_video(v)
-    ]
-    entries += [VideoEntry(str(v), -1, "all") for v in sorted(root.iterdir()) if _is_video(v)]  # unlabeled
-    return _finish(entries, classes, root, [], f"folder tree {root}")
+    found = _Found()
+    for g, split in groups:
+        for c in folders(g):
+            for v in sorted(c.iterdir()):
+                if _video_name(v):
+                    found.add([v], lookup[c.name], split)
+    for v in sorted(root.iterdir()):  # videos directly in root: unlabeled
+        if _video_name(v):
+            found.add([v], -1, "all")
+    return found.finish(classes, root, f"folder tree {root}")
 
 
 def _find_annotation_dir(root: Path, pattern: str) -> Path | None:
@@ -190,7 +227,7 @@ def from_ucf101(root: str | Path, split_id: int = 1, annotation_dir: str | Path 
     lists = [(adir / f"{kind}list{split_id:02d}.txt", kind) for kind in ("train", "test")]
     if not any(f.is_file() for f, _ in lists):
         raise FileNotFoundError(f"split {split_id}: neither {lists[0][0]} nor {lists[1][0]} exists")
-    entries, missing = [], []
+    found = _Found()
     for list_file, split in lists:
         if not list_file.is_file():
             continue
@@ -208,12 +245,8 @@ def from_ucf101(root: str | Path, split_id: int = 1, annotation_dir: str | Path 
                 label = lookup[cls]
             else:
                 raise IndexFormatError(f"{list_file}:{n}: class folder of {rel!r} is not in {class_file}")
-            found = _first_existing([b / rel for b in bases])
-            if found is None:
-                missing.append(str(root / rel))
-            else:
-                entries.append(VideoEntry(str(found), label, split))
-    return _finish(entries, classes, root, missing, f"UCF101 split {split_id} ({adir})")
+            found.add([b / rel for b in bases], label, split)
+    return found.finish(classes, root, f"UCF101 split {split_id} ({adir})")
 
 
 def from_hmdb51(root: str | Path, split_id: int = 1, annotation_dir: str | Path | None = None) -> VideoIndex:
@@ -225,7 +258,7 @@ def from_hmdb51(root: str | Path, split_id: int = 1, annotation_dir: str | Path 
     if not files:
         raise FileNotFoundError(f"no HMDB51 split files {pattern} in {root} or its sub-folders")
     classes = sorted(_HMDB_RE.match(f.name)["cls"] for f in files)
-    entries, missing = [], []
+    found = _Found()
     for ci, cls in enumerate(classes):
         split_file = adir / f"{cls}_test_split{split_id}.txt"
         for n, line in _read_lines(split_file):
@@ -235,12 +268,8 @@ def from_hmdb51(root: str | Path, split_id: int = 1, annotation_dir: str | Path 
             if parts[1] == "0":
                 continue
             split = "train" if parts[1] == "1" else "test"
-            found = _first_existing([root / cls / parts[0], adir.parent / cls / parts[0], root / parts[0]])
-            if found is None:
-                missing.append(str(root / cls / parts[0]))
-            else:
-                entries.append(VideoEntry(str(found), ci, split))
-    return _finish(entries, classes, root, missing, f"HMDB51 split {split_id} ({adir})")
+            found.add([root / cls / parts[0], adir.parent / cls / parts[0], root / parts[0]], ci, split)
+    return found.finish(classes, root, f"HMDB51 split {split_id} ({adir})")
 
 
 def _kinetics_candidates(roots: list[Path], row: dict[str, str], split: str) -> list[Path]:
@@ -277,7 +306,7 @@ def from_kinetics_csv(csv_files: str | Path | list[str | Path], root: str | Path
             rows += [(f, n, row) for n, row in enumerate(reader, 2)]
     classes = sorted({(r.get("label") or "").strip() for _, _, r in rows} - {""})
     lookup = {c: i for i, c in enumerate(classes)}
-    entries, missing = [], []
+    found = _Found()
     for f, n, row in rows:
         label = (row.get("label") or "").strip()
         split = _norm_split(row.get("split") or "all")
@@ -285,12 +314,8 @@ def from_kinetics_csv(csv_files: str | Path | list[str | Path], root: str | Path
             candidates = _kinetics_candidates(roots, row, split)
         except (TypeError, ValueError):
             raise IndexFormatError(f"{f}:{n}: bad time_start/time_end in {row}") from None
-        found = _first_existing(candidates)
-        if found is None:
-            missing.append(str(candidates[0]))
-        else:
-            entries.append(VideoEntry(str(found), lookup.get(label, -1), split))
-    return _finish(entries, classes, root, missing, f"Kinetics CSV {', '.join(str(f) for f in files)}")
+        found.add(candidates, lookup.get(label, -1), split)
+    return found.finish(classes, root, f"Kinetics CSV {', '.join(str(f) for f in files)}")
 
 
 # ----------------------------------------------------------------------------------------------- JSON, auto
@@ -307,6 +332,7 @@ def save_index(index: VideoIndex, path: str | Path) -> Path:
         "classes": index.classes,
         "entries": [[e.path, e.label, e.split] for e in index.entries],
         "missing": index.missing,
+        "unusable": [list(u) for u in index.unusable],
     }
     path.write_text(json.dumps(doc, indent=1))
     return path
@@ -318,7 +344,9 @@ def _from_json(path: Path) -> VideoIndex:
         if doc.get("format") != _JSON_FORMAT:
             raise IndexFormatError(f"{path}: not a vpace index (format={doc.get('format')!r})")
         entries = [VideoEntry(str(p), int(lab), str(s)) for p, lab, s in doc["entries"]]
-        return VideoIndex(entries, list(doc["classes"]), str(doc["root"]), list(doc.get("missing", [])))
+        unusable = [(str(p), str(why)) for p, why in doc.get("unusable", [])]
+        return VideoIndex(entries, list(doc["classes"]), str(doc["root"]), list(doc.get("missing", [])),
+                          unusable)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         if isinstance(e, IndexFormatError):
             raise

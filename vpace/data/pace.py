@@ -1,9 +1,15 @@
 """Pace sampling (paper §3.1): which source frames make up a clip played at pace ``p``.
 
 Frame ``i`` of a clip is ``(start + floor(i * p)) mod num_frames``: ``p > 1`` strides (fast motion),
-``p < 1`` repeats the preceding frame (slow motion, p=1/2 -> s, s, s+1, s+1, ...), and a clip longer than the
-video loops over it. Paces are exact ``Fraction`` s so 1/3 never drifts through float rounding;
-``floor(i * p)`` is computed as the integer ``i * num // den``.
+``p < 1`` repeats the preceding frame (slow motion, p=1/2 -> s, s, s+1, s+1, ...), and a clip that runs past
+the last frame loops over the video (it *wraps*). Paces are exact ``Fraction`` s so 1/3 never drifts through
+float rounding; ``floor(i * p)`` is computed as the integer ``i * num // den``.
+
+Where a training clip may start is the start policy (``data.start``), one rule for the pace and the RSPNet
+samplers. A wrapped clip holds a cut from the last frame back to the first, and the faster the pace the more
+clips wrap if starts are drawn over the whole video: a net can then tell pace by spotting the cut, the
+shortcut §3.1 warns about. ``fit`` (default, the paper's text) therefore starts a clip only where it fits and
+loops only when the video is shorter than the clip's span; ``wrap`` starts anywhere (the official code).
 """
 
 from __future__ import annotations
@@ -13,18 +19,25 @@ from fractions import Fraction
 
 import numpy as np
 
+from vpace.config_validate import START_POLICIES
+
 PaceLike = str | int | Fraction
 
 __all__ = [
     "PaceLike",
+    "check_start_policy",
+    "clip_span",
     "draw_distinct_paces",
+    "draw_start",
     "format_pace",
     "pace_label",
+    "pace_metric_name",
     "parse_pace",
     "parse_pace_set",
-    "random_start",
     "sample_indices",
+    "start_candidates",
     "unique_with_map",
+    "wraps",
 ]
 
 
@@ -115,11 +128,52 @@ def unique_with_map(indices: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np
     return unique.astype(np.int64), index_map.reshape(-1).astype(np.int64)
 
 
-def random_start(num_frames: int, rng: np.random.Generator) -> int:
-    """A start frame uniform over the whole video (the clip loops if it runs past the end)."""
+def pace_metric_name(p: Fraction) -> str:
+    """``p2``, ``p1_3``: a pace as a metric-name part (``/`` would nest the name in TensorBoard and Ray)."""
+    return "p" + format_pace(p).replace("/", "_")
+
+
+def clip_span(clip_len: int, pace: PaceLike) -> int:
+    """Source frames a clip covers from its start: the last offset ``floor((clip_len - 1) * p)`` + 1."""
+    p = parse_pace(pace)
+    return (int(clip_len) - 1) * p.numerator // p.denominator + 1
+
+
+def wraps(num_frames: int, clip_len: int, pace: PaceLike, start: int) -> bool:
+    """Whether the clip runs past the last frame and loops back to the first (the cut a net could learn)."""
+    return int(start) + clip_span(clip_len, pace) > int(num_frames)
+
+
+def check_start_policy(policy: str) -> str:
+    if policy not in START_POLICIES:
+        raise ValueError(f"start policy must be one of {START_POLICIES}, got {policy!r}")
+    return policy
+
+
+def start_candidates(num_frames: int, span: int, policy: str) -> int:
+    """How many starts ``0 .. k-1`` the policy allows for a clip spanning ``span`` frames.
+
+    ``fit``: the starts whose clip ends inside the video (all starts when none does: the clip must loop);
+    ``wrap``: every frame of the video.
+    """
     if int(num_frames) != num_frames or num_frames < 1:
         raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
-    return int(rng.integers(0, int(num_frames)))
+    fitting = int(num_frames) - int(span) + 1
+    return fitting if check_start_policy(policy) == "fit" and fitting >= 1 else int(num_frames)
+
+
+def draw_start(num_frames: int, clip_len: int, pace: PaceLike, policy: str, rng: np.random.Generator,
+               taken: Sequence[int] = ()) -> int:
+    """A start uniform over the policy's candidates, distinct from ``taken`` (RSPNet's clips of one video
+    start at different frames); when every candidate is taken, any free frame (that clip then wraps)."""
+    k = start_candidates(num_frames, clip_span(clip_len, pace), policy)
+    if not taken:
+        return int(rng.integers(0, k))
+    for pool in (np.arange(k), np.arange(int(num_frames))):
+        free = np.setdiff1d(pool, np.asarray(taken, dtype=np.int64))
+        if len(free):
+            return int(rng.choice(free))
+    raise ValueError(f"cannot pick {len(taken) + 1} distinct starts in a video of {num_frames} frames")
 
 
 def draw_distinct_paces(num_paces: int, n: int, rng: np.random.Generator) -> np.ndarray:

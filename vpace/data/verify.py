@@ -23,7 +23,7 @@ MISSING_REASON = "file not found (listed in the index)"
 class VerifyReport:
     total: int
     ok: int
-    broken: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), missing files included
+    broken: list[tuple[str, str]] = field(default_factory=list)  # (path, reason); missing/unusable included
     frames: int = 0  # frames in the readable videos
 
     @property
@@ -47,8 +47,9 @@ def verify_index(
     index: VideoIndex, *, progress: bool = True, height: int | None = 128, width: int | None = 171
 ) -> VerifyReport:
     """Open every video of ``index``, decode one frame, and collect the broken ones with their reasons."""
-    report = VerifyReport(total=len(index) + len(index.missing), ok=0)
+    report = VerifyReport(total=len(index) + len(index.missing) + len(index.unusable), ok=0)
     report.broken += [(path, MISSING_REASON) for path in index.missing]
+    report.broken += index.unusable  # e.g. a dangling symbolic link, a folder named x.mp4
     for entry in tqdm(index.entries, desc="verify", unit="video", disable=not progress):
         try:
             with VideoReader(entry.path, height=height, width=width) as vr:

@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from vpace.config import AugmentConfig, Config, DataConfig
 from vpace.data import BrokenVideoError, EvalClipDataset, VideoIndex, VideoReader, collate_clips, load_index
+from vpace.data.pace import sample_indices
 from vpace.eval.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -164,6 +166,21 @@ def center_clips(frames: torch.Tensor, index_map: torch.Tensor, spec: ClipSpec) 
     params = center_params(frames.shape[0], index_map.shape[1], h, w, crop=spec.crop)
     backend = None if frames.is_cuda else "cpu"  # not Triton's interpreter on CPU, even if TRITON_INTERPRET
     return augment(frames, index_map, params, spec.mean, spec.std, backend=backend)
+
+
+def load_pace_clips(
+    reader: VideoReader, paces: Sequence[Fraction], clip_len: int, start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One clip per pace from the same start frame -> frames uint8 [P, T, H, W, 3] (unique frames, zero
+    padded to T) and index_map [P, T], the dataset layout the augment op takes."""
+    frames, maps = [], []
+    for p in paces:
+        fr, imap = reader.get_frames(sample_indices(reader.num_frames, clip_len, p, start))
+        pad = np.zeros((clip_len, *fr.shape[1:]), np.uint8)
+        pad[: len(fr)] = fr
+        frames.append(pad)
+        maps.append(imap)
+    return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(maps))
 
 
 @torch.no_grad()

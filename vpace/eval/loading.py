@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from vpace.config import Config, load_config
 from vpace.data.pace import parse_pace_set
+from vpace.errors import UserError
 from vpace.models import build_backbone
 from vpace.models.common import read_state_dict
-from vpace.train.checkpoint import STATE_FILE, find_latest, is_checkpoint, load_state, read_meta
+from vpace.train.checkpoint import STATE_FILE, is_checkpoint, load_latest, load_torch_file
 
 CONFIG_NAMES = ("config.yaml", "config.yml")
 # Where foreign training wrappers keep the backbone (first match wins; moco query encoder first).
@@ -83,8 +84,7 @@ def _config_from(obj: object) -> Config | None:
 def _read_source(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], Config | None, dict, str]:
     """-> (backbone state, head state, config, meta, digest) of a checkpoint dir / run dir / weights file."""
     if path.is_dir():
-        ckpt = find_latest(path)  # the checkpoint itself, or the newest under a run directory
-        state, meta = load_state(ckpt), read_meta(ckpt)
+        ckpt, state, meta = load_latest(path)  # the checkpoint itself, or the run's newest good one
         bb, head = split_state(state["model"], meta.get("backbone_prefix", "backbone."))
         cfg = _config_from(state.get("config"))
         return bb, head, cfg, meta, file_digest(ckpt / STATE_FILE)
@@ -95,7 +95,7 @@ def _read_source(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], Conf
             meta = dict(f.metadata() or {})
         bb, head = split_state(read_state_dict(path))
         return bb, head, None, meta, file_digest(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_torch_file(path)
     cfg, meta = None, {}
     if isinstance(obj, dict):
         cfg = _config_from(obj.get("config")) if isinstance(obj.get("config"), dict) else None
@@ -104,7 +104,7 @@ def _read_source(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], Conf
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a model state dict (got {type(obj).__name__})")
+        raise UserError(f"{path}: not a model state dict (got {type(obj).__name__})")
     bb, head = split_state(obj)
     return bb, head, cfg, meta, file_digest(path)
 
@@ -122,7 +122,7 @@ def load_model(
     """
     if source is None:
         if backbone is None:
-            raise ValueError("a random-init baseline needs a backbone name (backbone=...)")
+            raise UserError("a random-init baseline needs a backbone name (backbone=...)")
         torch.manual_seed(seed)
         net = build_backbone(backbone)
         return LoadedModel(net.eval(), backbone, f"random-{backbone}-seed{seed}", "random")
@@ -135,27 +135,27 @@ def load_model(
         cfg = load_config(cfg_path)
     name = meta.get("backbone") or (cfg.model.backbone if cfg else None) or backbone
     if backbone is not None and name != backbone:
-        raise ValueError(f"{path}: holds backbone {name!r} but backbone={backbone!r} was given")
+        raise UserError(f"{path}: holds backbone {name!r} but backbone={backbone!r} was given")
     if not name:
-        raise ValueError(f"{path}: cannot tell which backbone this is (no checkpoint meta, safetensors "
+        raise UserError(f"{path}: cannot tell which backbone this is (no checkpoint meta, safetensors "
                          f"metadata or config.yaml); pass backbone=...")
     net = build_backbone(name)
     try:
         net.load_state_dict(bb_state)
     except RuntimeError as e:  # missing/unexpected keys or shape mismatches: say which file and backbone
         detail = " ".join(str(e).split())[:400]
-        raise ValueError(f"{path}: weights do not fit backbone {name!r}: {detail}") from None
+        raise UserError(f"{path}: weights do not fit backbone {name!r}: {detail}") from None
     out = LoadedModel(net.eval(), name, digest, str(path), cfg)
     if with_head:
         if not head_state:
-            raise ValueError(f"{path}: has no pace head (pace_head.*); use a pace pre-training checkpoint, "
+            raise UserError(f"{path}: has no pace head (pace_head.*); use a pace pre-training checkpoint, "
                              f"not an exported backbone or an RSPNet run")
         w = head_state["weight"]
         head = nn.Linear(w.shape[1], w.shape[0])
         head.load_state_dict(head_state)
         paces = parse_pace_set(cfg.pace.paces if cfg else meta.get("paces", ""))
         if len(paces) != w.shape[0]:
-            raise ValueError(f"{path}: pace head has {w.shape[0]} classes but the paces are {paces}")
+            raise UserError(f"{path}: pace head has {w.shape[0]} classes but the paces are {paces}")
         out.pace_head, out.paces = head.eval(), paces
     return out
 

@@ -61,10 +61,14 @@ def knn_scores(train: FeatureSet, test: FeatureSet, num_classes: int, *, k: int 
             "clip_acc": acc["clip_acc"], "num_videos": int(n)}
 
 
-def _run(kind: str, checkpoint: str | None, *, data: str | None, split_id: int, backbone: str | None,
-         layer: str, baseline: str | None, out_dir: str | None, cache_dir: str | None, batch_size: int,
-         num_workers: int, seed: int, progress: bool, **kw: Any) -> dict[str, Any]:
-    """Shared body of the two probes; ``kw`` are the probe's own settings (recorded in the JSON)."""
+def run_probe(kind: str, checkpoint: str | None, settings: dict[str, Any], *, data: str | None = None,
+              split_id: int = 1, backbone: str | None = None, layer: str = "p5", baseline: str | None = None,
+              out_dir: str | None = None, cache_dir: str | None = DEFAULT_CACHE, batch_size: int = 4,
+              num_workers: int = 2, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Shared body of the two probes: ``kind`` "linear_probe" or "knn", ``settings`` the probe's own keywords
+    (recorded in the JSON); the rest says which features (as ``vpace retrieve``: the same cache)."""
+    if kind not in ("linear_probe", "knn"):
+        raise ValueError(f"probe kind must be 'linear_probe' or 'knn', got {kind!r}")
     ev = setup_eval(checkpoint, backbone=backbone, baseline=baseline, seed=seed, data=data, split_id=split_id)
     num_classes = len(ev.train.classes)
     fn = linear_probe_scores if kind == "linear_probe" else knn_scores
@@ -76,55 +80,29 @@ def _run(kind: str, checkpoint: str | None, *, data: str | None, split_id: int, 
                                          num_workers=num_workers, cache_dir=cache_dir, progress=progress,
                                          desc=f"{split} {m.backbone_name}")[layer]
         skipped = fs["train"].skipped + fs["test"].skipped
-        rows.append({"model": label, "layer": layer, **fn(fs["train"], fs["test"], num_classes, **kw)})
-    result = {"data": ev.data, "layer": layer, "settings": kw, "rows": rows, "skipped": skipped,
+        rows.append({"model": label, "layer": layer, **fn(fs["train"], fs["test"], num_classes, **settings)})
+    result = {"data": ev.data, "layer": layer, "settings": settings, "rows": rows, "skipped": skipped,
               "models": {k: describe(m) for k, m in ev.models.items()}}
     cols = ("video_acc", "clip_acc")
     table = markdown_table(["model", "layer", *cols], [[r["model"], r["layer"], *[pct(r[c]) for c in cols]]
                                                        for r in rows])
     title = "Linear probe, frozen backbone (accuracy %)" if kind == "linear_probe" else \
-        f"Weighted kNN, k={kw['k']} (accuracy %)"
+        f"Weighted kNN, k={settings['k']} (accuracy %)"
     write_result(eval_dir(checkpoint, out_dir), kind, title, result, table, skipped)
     return result
 
 
-def linear_probe(
-    checkpoint: str | None,
-    *,
-    data: str | None = None,
-    split_id: int = 1,
-    backbone: str | None = None,
-    layer: str = "p5",
-    baseline: str | None = None,
-    weight_decay: float = 1e-4,
-    steps: int = 100,
-    out_dir: str | None = None,
-    cache_dir: str | None = DEFAULT_CACHE,
-    batch_size: int = 4,
-    num_workers: int = 2,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """``vpace finetune --linear-probe``: logistic regression on frozen (cached) clip features."""
-    return _run("linear_probe", **locals())
+def linear_probe(checkpoint: str | None, *, weight_decay: float = 1e-4, steps: int = 100,
+                 **options: Any) -> dict[str, Any]:
+    """``vpace finetune --linear-probe``: logistic regression on frozen (cached) clip features.
+
+    ``options``: the data, features and output keywords of :func:`run_probe`."""
+    return run_probe("linear_probe", checkpoint, {"weight_decay": weight_decay, "steps": steps}, **options)
 
 
-def knn_classify(
-    checkpoint: str | None,
-    *,
-    data: str | None = None,
-    split_id: int = 1,
-    backbone: str | None = None,
-    layer: str = "p5",
-    k: int = 20,
-    temperature: float = 0.07,
-    baseline: str | None = None,
-    out_dir: str | None = None,
-    cache_dir: str | None = DEFAULT_CACHE,
-    batch_size: int = 4,
-    num_workers: int = 2,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """``vpace finetune --knn``: weighted kNN on cached features (no training)."""
-    return _run("knn", **locals())
+def knn_classify(checkpoint: str | None, *, k: int = 20, temperature: float = 0.07,
+                 **options: Any) -> dict[str, Any]:
+    """``vpace finetune --knn``: weighted kNN on cached features (no training).
+
+    ``options``: the data, features and output keywords of :func:`run_probe`."""
+    return run_probe("knn", checkpoint, {"k": k, "temperature": temperature}, **options)

@@ -15,8 +15,10 @@ from typing import Any
 
 import yaml
 
+from vpace.bench_rows import machine as bench_machine
 from vpace.eval.results import markdown_table, pct, read_result
 from vpace.eval.retrieval import format_table
+from vpace.eval.speed_segments import HELDOUT, heldout_table
 from vpace.train.checkpoint import find_latest, load_state, read_meta
 
 BENCH_KEY = ("kernel", "provider", "shape", "metric")
@@ -31,10 +33,10 @@ def default_bench_dir() -> Path:
 def applicable_benchmarks(bench_dir: Path, *, backbone: str, device: str, machine: str | None) -> list[dict]:
     """Rows measured on this machine and device; rows naming a backbone only if it is this run's; newest
     date wins per (file, kernel, provider, shape, metric)."""
-    from vpace.config import KNOWN_BACKBONES, base_backbone
+    from vpace.backbone_names import BACKBONES, base_backbone
 
     backbone = base_backbone(backbone)  # residual input: the same network, the same benchmark rows
-    others = [b for b in KNOWN_BACKBONES if b != backbone]
+    others = [b for b in BACKBONES if b != backbone]
     latest: dict[tuple, dict] = {}
     for path in sorted(Path(bench_dir).glob("*.csv")):
         with path.open(newline="") as f:
@@ -53,20 +55,42 @@ def applicable_benchmarks(bench_dir: Path, *, backbone: str, device: str, machin
     return list(latest.values())
 
 
-def _this_machine() -> str | None:
-    try:
-        from benchmarks.common import machine
-    except ImportError:  # not running from a source checkout
-        return None
-    return machine()
-
-
 def _history_table(epochs: list[dict[str, Any]], last: int = 10) -> str:
+    from vpace.objectives import TALLY_GROUPS
+
     if not epochs:
         return "_no epoch finished yet_"
-    keys = [k for k in epochs[-1] if k not in ("world_size",)]
+    shown_per_pace = set(TALLY_GROUPS) - {"pace_acc"}  # in `_pace_section`; the bare pace_acc is the loss's
+    keys = [k for k in epochs[-1] if k != "world_size" and "/" not in k and k not in shown_per_pace]
     fmt = (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
     return markdown_table(keys, [[fmt(r.get(k, "")) for k in keys] for r in epochs[-last:]])
+
+
+def _pace_section(cfg: dict[str, Any], epochs: list[dict[str, Any]], heldout: dict[str, Any] | None,
+                  run: Path) -> list[str]:
+    """Pace accuracy per pace: last epoch's training clips split by wrapped / not wrapped, then held out."""
+    from vpace.data.pace import format_pace, pace_metric_name, parse_pace_set
+
+    rspnet = cfg.get("method") == "rspnet"
+    section, field = ("rspnet", "speeds") if rspnet else ("pace", "paces")
+    paces = parse_pace_set(str(cfg.get(section, {}).get(field) or "1,2,3,4"))
+    start = cfg.get("data", {}).get("start", "wrap")  # runs from before the field wrapped
+    out = ["## Pace prediction per pace", "", f"### Training clips, last epoch (`data.start: {start}`)", ""]
+    row = epochs[-1] if epochs else {}
+    if "wrap_frac" not in row:
+        out += ["_not recorded (no finished epoch, or a run from before the per-pace metrics)_", ""]
+    else:
+        head = ["pace", "clips wrapped %"] + ([] if rspnet else ["accuracy %", "accuracy, not wrapped %",
+                                                                 "accuracy, wrapped %"])
+        names = [(format_pace(p), f"/{pace_metric_name(p)}") for p in paces] + [("all", "")]
+        groups = ("wrap_frac",) if rspnet else ("wrap_frac", "pace_acc", "pace_acc_nowrap", "pace_acc_wrap")
+        rows = [[label, *[pct(row.get(g + sfx)) for g in groups]] for label, sfx in names]
+        out += [markdown_table(head, rows), ""]
+    out += ["### Held out: whole videos, clips that do not wrap", ""]
+    if heldout is None:
+        return out + [f"_not run yet: `vpace speed --checkpoint {run}`_", ""]
+    return out + [f"{heldout.get('protocol', '')}; {heldout.get('num_videos')} videos, chance "
+                  f"{pct(heldout.get('chance'))}%", "", heldout_table(heldout), ""]
 
 
 def _acc_section(res: dict[str, Any] | None, title: str, how: str, cols: tuple[str, ...]) -> list[str]:
@@ -103,6 +127,7 @@ def write_report(run_dir: str, *, bench_dir: str | None = None, out: str | None 
     lines += ["## Training curves", ""]
     lines += [f"![loss and accuracy]({rel(curves)})" if curves.is_file() else "_no metrics logged_", ""]
     lines += ["### Last epochs", "", _history_table(history.get("epochs", [])), ""]
+    lines += _pace_section(cfg, history.get("epochs", []), read_result(ev, HELDOUT), run)
 
     ret = read_result(ev, "retrieval")
     lines += ["## Retrieval (top-k %)", ""]
@@ -124,7 +149,7 @@ def write_report(run_dir: str, *, bench_dir: str | None = None, out: str | None 
     bdir = Path(bench_dir) if bench_dir else default_bench_dir()
     device = "cuda" if cfg.get("scale", {}).get("use_gpu") else "cpu"
     rows = applicable_benchmarks(bdir, backbone=str(meta.get("backbone")), device=device,
-                                 machine=_this_machine()) if bdir.is_dir() else []
+                                 machine=bench_machine()) if bdir.is_dir() else []
     lines += ["## Benchmarks (this machine and device)", ""]
     if rows:
         head = ["area", "kernel", "provider", "shape", "metric", "value", "date"]

@@ -22,6 +22,16 @@ def pct(v: Any) -> str:
     return f"{100 * v:.1f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
+def split_counts(listed: dict[str, int], skipped: dict[str, Sequence[Any]]) -> dict[str, int]:
+    """``num_<split>`` = videos that took part (listed minus skipped), ``num_skipped_<split>`` = unreadable
+    ones: a count never includes a video the protocol could not use."""
+    out: dict[str, int] = {}
+    for split, n in listed.items():
+        bad = len(skipped.get(split, ()))
+        out[f"num_{split}"], out[f"num_skipped_{split}"] = n - bad, bad
+    return out
+
+
 def skipped_note(skipped: Sequence[dict[str, str] | str]) -> str:
     if not skipped:
         return ""

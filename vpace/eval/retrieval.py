@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from vpace.eval.features import DEFAULT_CACHE, FeatureSet, extract_features, setup_eval
 from vpace.eval.loading import LoadedModel, describe, eval_dir
 from vpace.eval.metrics import KS, topk_retrieval
-from vpace.eval.results import markdown_table, pct, write_result
+from vpace.eval.results import markdown_table, pct, split_counts, write_result
 
 MODES = ("video", "clip")
 
@@ -93,7 +93,7 @@ def retrieve(
         "protocol": f"{spec.num_clips} clips x {spec.clip_len} frames, center crop {spec.crop}, cosine, "
                     f"query=test split, gallery=train split",
         "data": ev.data, "split_id": split_id, "ks": list(ks),
-        "num_train": len(ev.train), "num_test": len(ev.test),
+        **split_counts({"train": len(ev.train), "test": len(ev.test)}, skipped),
         "models": {k: describe(m) for k, m in ev.models.items()},
         "skipped": skipped, "rows": rows,
     }

@@ -11,14 +11,15 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from vpace.config_validate import RESIDUAL_SUFFIX, base_backbone
+from vpace.backbone_names import BACKBONES, base_backbone, unknown_backbone
 
 from .c3d import C3D
 from .common import Backbone, load_weights, residual_frames
-from .resnet3d import ResNet3D, r3d, r21d, r21d_tiny
+from .resnet3d import r3d, r21d, r21d_tiny
 from .s3d_g import S3DG
 from .torchvision_wrappers import TorchvisionBackbone
 
+# One constructor per name of vpace.backbone_names.BACKBONES (the list config validation also checks).
 _FACTORIES: dict[str, Callable[..., Backbone]] = {
     "c3d": C3D,
     "r3d": r3d,
@@ -30,7 +31,8 @@ _FACTORIES: dict[str, Callable[..., Backbone]] = {
     "tv_s3d": partial(TorchvisionBackbone, "s3d"),
 }
 
-BACKBONES: tuple[str, ...] = tuple(_FACTORIES)
+if tuple(_FACTORIES) != BACKBONES:
+    raise ImportError(f"vpace.models builds {tuple(_FACTORIES)} but vpace.backbone_names lists {BACKBONES}")
 
 
 def build_backbone(name: str, weights_path: str | Path | None = None, **kw) -> Backbone:
@@ -42,10 +44,9 @@ def build_backbone(name: str, weights_path: str | Path | None = None, **kw) -> B
     A ``+res`` suffix (``r21d_tiny+res``) feeds the backbone residual frames (``residual_frames``): the same
     parameters, so RGB weights load into it and the name alone (kept in checkpoints) rebuilds it.
     """
+    if (problem := unknown_backbone(name)) is not None:
+        raise ValueError(problem)
     base = base_backbone(name)
-    if base not in _FACTORIES:
-        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)} "
-                         f"(each also with {RESIDUAL_SUFFIX!r} for residual-frame input)")
     if base.startswith("tv_"):
         model = _FACTORIES[base](weights_path=weights_path, **kw)
     else:
@@ -56,5 +57,4 @@ def build_backbone(name: str, weights_path: str | Path | None = None, **kw) -> B
     return model
 
 
-__all__ = ["BACKBONES", "RESIDUAL_SUFFIX", "Backbone", "residual_frames", "C3D", "ResNet3D", "S3DG",
-           "TorchvisionBackbone", "build_backbone"]
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "residual_frames"]

@@ -1,26 +1,36 @@
-"""The uniform interface the train loop drives, whatever the method.
+"""What every pretext method shares: the batch contract, metric conversion and the per-pace clip tallies.
+
+A method is a model (an `nn.Module` holding all its state: trainable encoder, momentum encoder, queue) whose
+`forward(clips)` returns outputs, and a loss `loss(outputs, meta) -> (loss, metrics)` outside it, as in moco.
 
 Batch contract (all methods): `clips` float [B*n, 3, T, h, w] (already augmented/normalised), grouped by
 video: rows `v*n .. v*n+n-1` are the n clips of video v; `meta` holds int64 tensors `pace_label` [B*n]
-(index into the sorted pace/speed set) and `video_id` [B*n]. n = `objective.clips_per_video`.
+(index into the sorted pace/speed set) and `video_id` [B*n]. n = `data.clips_per_video` (RSPNet: 3).
 
-Train-loop protocol:
-    obj = build_objective(cfg, backbone).to(device)   # moves model + momentum encoder + queue
-    obj.model = DDP(obj.model)            # optional (or ray's prepare_model); the same module stays inside
-    opt = SGD(obj.parameters(), ...)      # trainable parameters only (never a momentum encoder)
-    loss, metrics = obj.step(clips, meta); loss.backward(); opt.step(); obj.after_optimizer_step()
-Every worker must call `after_optimizer_step` once per optimizer step (it may all-gather).
+Train-loop protocol (`vpace.train.pretrain_task`):
+    model, loss_fn = build_objective(cfg, backbone); model.to(device)
+    ddp = DDP(model)                      # optional (or ray's prepare_model)
+    opt = SGD([p for p in model.parameters() if p.requires_grad], ...)   # never a momentum encoder
+    loss, metrics = loss_fn(ddp(clips), meta); loss.backward(); opt.step(); model.after_optimizer_step()
+Every worker must call `after_optimizer_step` once per optimizer step (RSPNet all-gathers in it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from typing import Any
+
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor
 
+from vpace.data.pace import pace_metric_name
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP/FSDP-style wrapper (anything with `.module`), else `model` itself."""
-    return getattr(model, "module", model)
+# the per-pace ratio metrics (`pace_tallies`), named `<group>/<pace>` per pace and `<group>` for all clips
+TALLY_GROUPS = ("wrap_frac", "pace_acc", "pace_acc_wrap", "pace_acc_nowrap")
+Outputs = dict[str, Any]  # a model's forward output (tensors, None for a head that is off, or nested dicts)
+LossFn = Callable[[Outputs, dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
 
 
 def metrics_to_floats(metrics: dict[str, Tensor | float]) -> dict[str, float]:
@@ -33,11 +43,8 @@ def metrics_to_floats(metrics: dict[str, Tensor | float]) -> dict[str, float]:
     return {k: out[k] for k in metrics}
 
 
-def check_batch(clips: Tensor, meta: dict[str, Tensor], n: int, method: str) -> int:
-    """Validate the batch contract; returns B (videos). Errors name the bad field."""
-    if clips.ndim != 5 or clips.shape[1] != 3:
-        raise ValueError(f"{method}: clips must be [B*n, 3, T, H, W], got {tuple(clips.shape)}")
-    rows = clips.shape[0]
+def check_meta(meta: dict[str, Tensor], rows: int, n: int, method: str) -> int:
+    """Validate the batch contract for `rows` clips; returns B (videos). Errors name the bad field."""
     if rows % n:
         raise ValueError(f"{method}: clips has {rows} rows, not a multiple of clips_per_video={n}")
     for key in ("pace_label", "video_id"):
@@ -50,47 +57,25 @@ def check_batch(clips: Tensor, meta: dict[str, Tensor], n: int, method: str) -> 
     return rows // n
 
 
-class Objective:
-    """Base: holds the trainable `model`; subclasses implement `step` (and maybe `after_optimizer_step`)."""
+def pace_tallies(pace_label: Tensor, wrapped: Tensor, paces: Sequence[Fraction],
+                 logits: Tensor | None = None) -> dict[str, Tensor]:
+    """Per-pace counts as ratio metrics `name -> [hits, total]` (float64 views of one tensor, no sync).
 
-    method: str = ""
-    clips_per_video: int = 1
-
-    def __init__(self, model: nn.Module, backbone: nn.Module) -> None:
-        self.model = model  # the train loop may replace this with its DDP wrapper of the same module
-        self.backbone = backbone  # for export; shared with (not a copy of) the trainable model
-
-    @property
-    def raw_model(self) -> nn.Module:
-        return unwrap(self.model)
-
-    def modules(self) -> nn.Module:
-        """Everything with state (model + momentum encoder + queue), for .to/.train/state_dict."""
-        return self.raw_model
-
-    def parameters(self) -> list[nn.Parameter]:
-        """What the optimizer must get: trainable parameters only."""
-        return [p for p in self.raw_model.parameters() if p.requires_grad]
-
-    def step(self, clips: Tensor, meta: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        raise NotImplementedError
-
-    def after_optimizer_step(self) -> None:
-        """Hook after `optimizer.step()` (RSPNet: momentum update + enqueue). No-op by default."""
-
-    def to(self, device: torch.device | str) -> Objective:
-        self.modules().to(device)
-        return self
-
-    def train(self, mode: bool = True) -> Objective:
-        self.modules().train(mode)
-        return self
-
-    def eval(self) -> Objective:
-        return self.train(False)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.modules().state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor], strict: bool = True) -> None:
-        self.modules().load_state_dict(state, strict=strict)
+    For each pace (`wrap_frac/p2`, names by `vpace.data.pace.pace_metric_name`) and for all clips (the bare
+    name): `wrap_frac` = clips that wrapped / clips; with a pace classifier (`logits`) also `pace_acc`
+    (correct / clips), `pace_acc_wrap` (among wrapped clips) and `pace_acc_nowrap` (among the others). The
+    train loop sums hits and totals over steps and workers, so a window or epoch value is the exact ratio
+    over its clips (the bare `pace_acc` replaces the loss's per-step mean).
+    """
+    w = wrapped.reshape(-1).to(torch.float64)
+    ok = (logits.detach().argmax(1) == pace_label).to(torch.float64) if logits is not None else w * 0
+    per_clip = torch.stack([torch.ones_like(w), w, ok, ok * w], 1)  # 1, wrapped, correct, correct and wrapped
+    per_pace = F.one_hot(pace_label, len(paces)).to(torch.float64).T @ per_clip
+    n, nw, c, cw = torch.cat([per_pace, per_pace.sum(0, keepdim=True)]).unbind(1)  # [paces + 1] each
+    hits = torch.stack([nw, c, cw, c - cw], 1)  # columns in TALLY_GROUPS order
+    totals = torch.stack([n, n, nw, n - nw], 1)
+    pairs = torch.stack([hits, totals], 2).reshape(-1, 2)  # row (pace i, metric j) = i * 4 + j
+    groups = TALLY_GROUPS if logits is not None else TALLY_GROUPS[:1]
+    suffixes = [f"/{pace_metric_name(p)}" for p in paces] + [""]
+    rows = pairs.unbind(0)
+    return {g + sfx: rows[i * 4 + j] for i, sfx in enumerate(suffixes) for j, g in enumerate(groups)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PROJ_KINDS = ("linear", "mlp")
+from vpace.config_validate import PROJ_HEADS
 
 
 def make_projection(in_dim: int, out_dim: int, kind: str = "linear") -> nn.Module:
@@ -18,7 +18,7 @@ def make_projection(in_dim: int, out_dim: int, kind: str = "linear") -> nn.Modul
         return nn.Linear(in_dim, out_dim)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim))
-    raise ValueError(f"projection head kind must be one of {PROJ_KINDS}, got {kind!r}")
+    raise ValueError(f"projection head kind must be one of {PROJ_HEADS}, got {kind!r}")
 
 
 def _feature_dim(backbone: nn.Module) -> int:
@@ -56,6 +56,9 @@ class PaceModel(nn.Module):
             "z": self.proj(feat) if self.proj is not None else None,
             "feat": feat,
         }
+
+    def after_optimizer_step(self) -> None:
+        """Nothing to update (RSPNet's hook: momentum encoder + queue); the train loop calls it anyway."""
 
 
 class TwoHeadEncoder(nn.Module):

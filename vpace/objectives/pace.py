@@ -3,7 +3,8 @@
 L = lambda_cls * CE(logits, pace_label) + lambda_ctr * L_ctr, where L_ctr is the supervised-contrastive
 loss of `kernels.contrastive.contrastive_loss` on the projections z (q = k = z, self excluded) with labels =
 video id (same context: the n clips of a video are positives) or pace label (same pace). A term whose
-weight is 0 or whose mode is `none` is skipped entirely (no head needed, no compute).
+weight is 0 or whose mode is `none` is skipped entirely (no head needed, no compute). The model is
+`heads.PaceModel`; `build_pace` pairs it with its loss (`PaceLoss`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpace.config import PaceConfig
-from vpace.objectives.base import Objective, check_batch, metrics_to_floats
+from vpace.objectives.base import Outputs, check_meta, metrics_to_floats
 from vpace.objectives.heads import PaceModel
 from vpace_kernels.contrastive import contrastive_loss
 
@@ -68,19 +69,22 @@ def pace_objective(out: dict[str, Tensor | None], pace_label: Tensor, video_id: 
     return loss, metrics
 
 
-class PaceObjective(Objective):
-    """Methods `pace` (CE only) and `pace_ctr` (Eq. 4). Batch: n clips per video at distinct paces."""
+class PaceLoss:
+    """Eq. 4 on a `PaceModel` output, the batch contract checked (n clips per video at distinct paces)."""
 
-    def __init__(self, backbone: nn.Module, cfg: PaceConfig, *, num_paces: int, method: str = "pace_ctr",
-                 clips_per_video: int = 2) -> None:
-        if method == "pace":  # pace prediction only, whatever the ctr fields say
-            cfg = dataclasses.replace(cfg, ctr_mode="none")
-        model = PaceModel(backbone, num_paces if uses_cls(cfg) else 0,
-                          cfg.proj_head if uses_ctr(cfg) else None, cfg.proj_dim)
-        super().__init__(model, backbone)
-        self.cfg, self.method, self.clips_per_video = cfg, method, clips_per_video
+    def __init__(self, cfg: PaceConfig, clips_per_video: int, method: str) -> None:
+        self.cfg, self.clips_per_video, self.method = cfg, clips_per_video, method
 
-    def step(self, clips: Tensor, meta: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        check_batch(clips, meta, self.clips_per_video, self.method)
-        out = self.model(clips)
+    def __call__(self, out: Outputs, meta: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        check_meta(meta, out["feat"].shape[0], self.clips_per_video, self.method)
         return pace_objective(out, meta["pace_label"], meta["video_id"], self.cfg)
+
+
+def build_pace(backbone: nn.Module, cfg: PaceConfig, *, num_paces: int, method: str = "pace_ctr",
+               clips_per_video: int = 2) -> tuple[PaceModel, PaceLoss]:
+    """Methods `pace` (CE only, whatever the ctr fields say) and `pace_ctr` (Eq. 4): the model, the loss."""
+    if method == "pace":
+        cfg = dataclasses.replace(cfg, ctr_mode="none")
+    model = PaceModel(backbone, num_paces if uses_cls(cfg) else 0, cfg.proj_head if uses_ctr(cfg) else None,
+                      cfg.proj_dim)
+    return model, PaceLoss(cfg, clips_per_video, method)

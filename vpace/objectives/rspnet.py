@@ -13,6 +13,10 @@ Per video: query q and positive key k_pos at the same speed, k_neg at a differen
   never sees; after each optimizer step it is EMA-updated and the k_neg appearance keys of all workers are
   enqueued (official: `_dequeue_and_enqueue(k_neg_A)`).
 Loss = weight_a * L_avid + weight_m * L_rsp.
+
+As in moco's builder, `RSPNet` (query encoder, momentum encoder, queue) returns embeddings and the loss
+(`RSPNetLoss`) lives outside it. DDP wraps the whole module; only the query encoder's parameters need
+gradients, so only they are all-reduced.
 """
 
 from __future__ import annotations
@@ -24,11 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpace.config import RSPNetConfig
-from vpace.objectives.base import Objective, check_batch, metrics_to_floats
+from vpace.objectives.base import Outputs, check_meta, metrics_to_floats
 from vpace.objectives.heads import TwoHeadEncoder
 from vpace.objectives.queue import KeyQueue
-
-ROLES = ("q", "k_pos", "k_neg")  # clip order within each video's group of 3
 
 
 def rsp_loss(q_m: Tensor, kpos_m: Tensor, kneg_m: Tensor, margin: float) -> tuple[Tensor, Tensor]:
@@ -51,7 +53,14 @@ def avid_loss(q_a: Tensor, kpos_a: Tensor, kneg_a: Tensor, queue: Tensor,
 
 
 class RSPNet(nn.Module):
-    """Container: query encoder (trainable), momentum key encoder (frozen copy) and the key queue."""
+    """Query encoder (trainable), momentum key encoder (frozen copy) and the key queue.
+
+    forward(clips [B*3, 3, T, H, W], per video in the order q, k_pos, k_neg) -> {"q", "k_pos", "k_neg": the
+    encoders' {"a", "m", "feat"}, "queue": a snapshot of the negatives}. A training forward remembers its
+    k_neg appearance keys; `after_optimizer_step` EMA-updates the key encoder and enqueues them.
+    """
+
+    clips_per_video = 3
 
     def __init__(self, backbone: nn.Module, dim: int = 128, queue_size: int = 16384, momentum: float = 0.999,
                  head: str = "linear") -> None:
@@ -60,6 +69,26 @@ class RSPNet(nn.Module):
         self.encoder_q = TwoHeadEncoder(backbone, dim, head)
         self.encoder_k = copy.deepcopy(self.encoder_q).requires_grad_(False)
         self.queue = KeyQueue(queue_size, dim)
+        self._pending: list[Tensor] = []  # keys to enqueue after the optimizer step
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The query encoder's backbone (what export and evaluation use)."""
+        return self.encoder_q.backbone
+
+    def forward(self, clips: Tensor) -> dict[str, Tensor | dict[str, Tensor]]:
+        if clips.shape[0] % 3:
+            raise ValueError(f"rspnet: clips has {clips.shape[0]} rows, not a multiple of clips_per_video=3")
+        groups = clips.view(clips.shape[0] // 3, 3, *clips.shape[1:])
+        q = self.encoder_q(groups[:, 0])
+        k_pos, k_neg = self.keys(groups[:, 1]), self.keys(groups[:, 2])  # separate BN batches
+        if self.training and torch.is_grad_enabled():  # evaluation forwards leave the queue alone
+            self._pending.append(k_neg["a"].detach())
+        return {"q": q, "k_pos": k_pos, "k_neg": k_neg, "queue": self.queue.negatives()}
+
+    @torch.no_grad()
+    def keys(self, clips: Tensor) -> dict[str, Tensor]:
+        return self.encoder_k(clips)
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -69,9 +98,14 @@ class RSPNet(nn.Module):
         torch._foreach_mul_(ks, self.momentum)
         torch._foreach_add_(ks, torch._foreach_mul(qs, 1.0 - self.momentum))  # no fma: bit-exact formula
 
-    @torch.no_grad()
-    def keys(self, clips: Tensor) -> dict[str, Tensor]:
-        return self.encoder_k(clips)
+    def after_optimizer_step(self) -> None:
+        """EMA of the key encoder, then enqueue this step's keys of all workers (a collective under DDP:
+        every worker calls it, with or without keys)."""
+        self.momentum_update()
+        queue = self.queue
+        pending = torch.cat(self._pending) if self._pending else queue.keys.new_zeros((0, queue.dim))
+        queue.enqueue(pending)
+        self._pending.clear()
 
 
 def rspnet_objective(q: dict[str, Tensor], k_pos: dict[str, Tensor], k_neg: dict[str, Tensor], queue: Tensor,
@@ -88,40 +122,22 @@ def rspnet_objective(q: dict[str, Tensor], k_pos: dict[str, Tensor], k_neg: dict
                                     "avid_acc": avid_acc, "rsp_acc": rsp_acc})
 
 
-class RSPNetObjective(Objective):
-    """Method `rspnet`. Batch: 3 clips per video in the order (q, k_pos, k_neg) — see `vpace.data.rsp`."""
+class RSPNetLoss:
+    """`rspnet_objective` on an `RSPNet` output, with the batch contract and the triple order checked."""
 
-    method = "rspnet"
-    clips_per_video = 3
-
-    def __init__(self, backbone: nn.Module, cfg: RSPNetConfig, head: str = "linear") -> None:
-        self.net = RSPNet(backbone, cfg.dim, cfg.queue_size, cfg.momentum, head)
-        super().__init__(self.net.encoder_q, backbone)
+    def __init__(self, cfg: RSPNetConfig) -> None:
         self.cfg = cfg
-        self._pending: list[Tensor] = []  # keys to enqueue after the optimizer step
 
-    def modules(self) -> nn.Module:
-        return self.net
-
-    def step(self, clips: Tensor, meta: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        b = check_batch(clips, meta, 3, self.method)
+    def __call__(self, out: Outputs, meta: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        b = check_meta(meta, 3 * out["q"]["a"].shape[0], 3, "rspnet")
         vid, speed = meta["video_id"].view(b, 3), meta["pace_label"].view(b, 3)
         if not bool((vid == vid[:, :1]).all()):
             raise ValueError("rspnet: meta['video_id'] must be equal within each (q, k_pos, k_neg) triple")
         if not bool(((speed[:, 0] == speed[:, 1]) & (speed[:, 0] != speed[:, 2])).all()):
             raise ValueError("rspnet: meta['pace_label'] (speed) must satisfy q == k_pos != k_neg per triple")
-        groups = clips.view(b, 3, *clips.shape[1:])
-        q = self.model(groups[:, 0])
-        k_pos, k_neg = self.net.keys(groups[:, 1]), self.net.keys(groups[:, 2])  # separate BN batches
-        if self.net.training and torch.is_grad_enabled():  # evaluation steps leave the queue alone
-            self._pending.append(k_neg["a"].detach())
-        return rspnet_objective(q, k_pos, k_neg, self.net.queue.negatives(), self.cfg)
+        return rspnet_objective(out["q"], out["k_pos"], out["k_neg"], out["queue"], self.cfg)
 
-    def after_optimizer_step(self) -> None:
-        """EMA of the key encoder, then enqueue this step's keys of all workers (a collective under DDP:
-        every worker calls it, with or without keys)."""
-        self.net.momentum_update()
-        queue = self.net.queue
-        pending = torch.cat(self._pending) if self._pending else queue.keys.new_zeros((0, queue.dim))
-        queue.enqueue(pending)
-        self._pending.clear()
+
+def build_rspnet(backbone: nn.Module, cfg: RSPNetConfig, head: str = "linear") -> tuple[RSPNet, RSPNetLoss]:
+    """Method `rspnet`: the model (query + momentum encoder + queue around `backbone`) and its loss."""
+    return RSPNet(backbone, cfg.dim, cfg.queue_size, cfg.momentum, head), RSPNetLoss(cfg)

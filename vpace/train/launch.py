@@ -1,22 +1,24 @@
 """Driver side: validate, start (or join) Ray, run a `TorchTrainer` over a `Task`, collect the result.
 
 Resume is by run name: Ray Train V2 restores `<run.storage>/<run.name>` when it exists, so re-running the same
-command after a crash continues from its latest checkpoint (and a finished run returns at once).
+command after a crash continues from its latest checkpoint (and a finished run returns at once). Before Ray
+starts, `plan_resume` checks that checkpoint loads (else the previous good one is used, or the run fails at
+once with a `CheckpointError` instead of spending its retries on it).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from vpace.config import Config, ConfigError, validate
-from vpace.train.checkpoint import META_FILE
+from vpace.train.checkpoint import CheckpointError, ResumePlan, plan_resume
 from vpace.train.loop import HISTORY_FILE, run_dir_of, train_loop_per_worker
-from vpace.train.progress import is_remote, write_run_outputs
+from vpace.train.progress import is_remote, local_path, write_run_outputs
+from vpace.train.ray_session import start_ray, stop_ray
 from vpace.train.task import Task, resolve_paths
 
 
@@ -37,55 +39,28 @@ class TrainResult:
         return f"run {self.run_dir}\n  last checkpoint {self.checkpoint}\n  {shown}"
 
 
-# Train V2's PlacementGroupCleaner polls the dashboard's state API; an embedded Ray runs without a dashboard
-# (2-core machines), so the cleaner would log a "Failed to query" warning every second of every run.
-_PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
-
-
-def quiet_placement_group_cleaner() -> None:
-    """Worker setup hook: silence only that logger's warnings (errors still show)."""
-    logging.getLogger(_PG_CLEANER_LOGGER).setLevel(logging.ERROR)
-
-
-def init_local_ray() -> None:
-    """An embedded Ray on this machine's CPUs, without the dashboard (and without its cleaner noise)."""
-    import ray
-
-    ray.init(include_dashboard=False,
-             runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_placement_group_cleaner"})
-
-
-def _start_ray(address: str | None, cfg: Config) -> bool:
-    """Join `address` (or $RAY_ADDRESS, as inside `ray job submit`), else start an embedded local Ray on all
-    CPUs of this machine. Returns True if this call connected (so the caller disconnects at the end)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)  # a cluster may autoscale: no resource check here
-        return True
-    init_local_ray()
-    res, s = ray.cluster_resources(), cfg.scale
-    problem = None
-    if res.get("CPU", 0) < s.min_workers * s.cpus_per_worker:
-        problem = ConfigError("scale.min_workers", f"{s.min_workers} workers x {s.cpus_per_worker} CPUs do "
+def _check_fits(cfg: Config) -> Callable[[dict[str, float]], None]:
+    """A local Ray must hold `min_workers` workers at once (Train V2 starts them as one gang)."""
+    def check(res: dict[str, float]) -> None:
+        s = cfg.scale
+        if res.get("CPU", 0) < s.min_workers * s.cpus_per_worker:
+            raise ConfigError("scale.min_workers", f"{s.min_workers} workers x {s.cpus_per_worker} CPUs do "
                               f"not fit this machine's {res.get('CPU', 0):g} CPUs (or pass --address)")
-    elif s.use_gpu and res.get("GPU", 0) < s.min_workers:
-        problem = ConfigError("scale.use_gpu", f"{s.min_workers} workers need as many GPUs; this machine has "
-                              f"{res.get('GPU', 0):g} (set scale.use_gpu=false or pass --address)")
-    if problem is not None:
-        ray.shutdown()
-        raise problem
-    return True
+        if s.use_gpu and res.get("GPU", 0) < s.min_workers:
+            raise ConfigError("scale.use_gpu", f"{s.min_workers} workers need as many GPUs; this machine "
+                              f"has {res.get('GPU', 0):g} (set scale.use_gpu=false or pass --address)")
+
+    return check
 
 
 def build_trainer(task: Task, cfg: Config, *, resize_interval_s: float | None = None,
-                  callbacks: Sequence[Any] = ()):
+                  callbacks: Sequence[Any] = (), resume: ResumePlan | None = None):
     """The `TorchTrainer` of a (validated, path-resolved) config; `callbacks` are Train V2 UserCallbacks
-    (`vpace.tune` forwards reports to Tune with one)."""
+    (`vpace.tune` forwards reports to Tune with one); `resume` from `plan_resume`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from vpace.train.fail_fast import FailFastOnCheckpointError
 
     s = cfg.scale
     elastic = s.min_workers != s.max_workers
@@ -98,8 +73,9 @@ def build_trainer(task: Task, cfg: Config, *, resize_interval_s: float | None = 
                             **scaling_kw)
     run = RunConfig(name=cfg.run.name, storage_path=cfg.run.storage,
                     failure_config=FailureConfig(max_failures=s.max_failures),
-                    checkpoint_config=CheckpointConfig(num_to_keep=s.num_to_keep), callbacks=list(callbacks))
-    return TorchTrainer(train_loop_per_worker, train_loop_config={"task": task, "cfg": cfg},
+                    checkpoint_config=CheckpointConfig(num_to_keep=s.num_to_keep),
+                    callbacks=[*callbacks, FailFastOnCheckpointError()])
+    return TorchTrainer(train_loop_per_worker, train_loop_config={"task": task, "cfg": cfg, "resume": resume},
                         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
                         scaling_config=scaling, run_config=run)
 
@@ -107,11 +83,10 @@ def build_trainer(task: Task, cfg: Config, *, resize_interval_s: float | None = 
 def _read_history(checkpoint) -> dict[str, Any]:
     with checkpoint.as_directory() as d:
         path = os.path.join(d, HISTORY_FILE)
-        if os.path.exists(path):
-            with open(path) as f:
-                return json.load(f)
-        with open(os.path.join(d, META_FILE)) as f:
-            return json.load(f).get("history", {})
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
 
 
 def run_task(task: Task, cfg: Config, address: str | None = None, *,
@@ -120,15 +95,21 @@ def run_task(task: Task, cfg: Config, address: str | None = None, *,
     validate(cfg)
     task.check(cfg)
     cfg = resolve_paths(cfg)
-    started = _start_ray(address, cfg)
+    run_dir = run_dir_of(cfg)
+    resume = None if is_remote(run_dir) else plan_resume(local_path(run_dir))
+    from ray.train import ControllerError
+
+    started = start_ray(address, check_local=_check_fits(cfg))
     try:
-        result = build_trainer(task, cfg, resize_interval_s=resize_interval_s, callbacks=callbacks).fit()
+        result = build_trainer(task, cfg, resize_interval_s=resize_interval_s, callbacks=callbacks,
+                               resume=resume).fit()
+    except ControllerError as e:  # FailFastOnCheckpointError: the checkpoint's own one-line error
+        if isinstance(e.controller_failure, CheckpointError):
+            raise e.controller_failure from None
+        raise
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
-    run_dir = run_dir_of(cfg)
+            stop_ray()
     ckpt = result.checkpoint
     history = _read_history(ckpt) if ckpt is not None else {}
     if history:

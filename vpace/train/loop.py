@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from vpace.config import Config, OptimConfig
 from vpace.train import checkpoint as ckpt_io
-from vpace.train.progress import MeanMeter, Progress, is_remote
+from vpace.train.progress import MeanMeter, Progress, is_remote, local_path
 from vpace.train.sampler import ElasticBatchSampler, per_worker_batch, step_bounds
 from vpace.train.task import Task
 
@@ -98,11 +98,10 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _allreduce(values: list[float], device: torch.device) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+def _allreduce(t: torch.Tensor) -> list[float]:
+    """Sum a float64 vector over the workers (one collective) and read it back (one device sync)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
     return t.tolist()
 
 
@@ -138,39 +137,59 @@ def maybe_inject_fault(cfg: Config, step: int, rank: int) -> None:
 
 
 class Flusher:
-    """Window metrics -> global (all-reduced) means; adds them to the epoch sums and the step history."""
+    """Window metrics -> global (all-reduced) values; adds them to the epoch sums and the step history.
+
+    A float metric is a per-step value, averaged over the window's steps. A Tensor metric ``[hits, total]``
+    (the per-pace tallies) stays on the device, is summed over steps and divided once, so window and epoch
+    values are exact ratios over their clips. Both kinds and the clip/video/skip counts travel in the one
+    all-reduce of each flush.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.window, self.keys = device, MeanMeter(), None
+        self.ratio_keys: list[str] = []
+        self.ratios: torch.Tensor | None = None  # [len(ratio_keys), 2] running (hits, total), on the device
         self.clips = self.videos = self.skipped = 0
         self.t0 = time.perf_counter()
 
-    def add(self, metrics: dict[str, float], videos: int, clips: int, skipped: int) -> None:
-        if self.keys is None:
-            self.keys = sorted(metrics)
+    def add(self, metrics: dict[str, float | torch.Tensor], videos: int, clips: int, skipped: int) -> None:
+        if self.keys is None:  # fixed by the first step: every rank runs the same task, so the same keys
+            self.keys = sorted(k for k, v in metrics.items() if not isinstance(v, torch.Tensor))
+            self.ratio_keys = sorted(k for k, v in metrics.items() if isinstance(v, torch.Tensor))
         self.window.add({k: metrics[k] for k in self.keys if k in metrics})
+        if self.ratio_keys and metrics:  # ({} for a step that counts nothing)
+            pairs = torch.stack([metrics[k] for k in self.ratio_keys]).to(self.device, torch.float64)
+            self.ratios = pairs if self.ratios is None else self.ratios + pairs
         self.videos += videos
         self.clips += clips
         self.skipped += skipped
 
     def flush(self, st: LoopState) -> dict[str, float]:
-        keys = self.keys or []
+        keys, rkeys = self.keys or [], self.ratio_keys
         local = ([self.window.sums.get(k, 0.0) for k in keys]
                  + [float(self.window.counts.get(k, 0)) for k in keys]
                  + [float(self.clips), float(self.videos), float(self.skipped)])
-        g = _allreduce(local, self.device)
-        n = len(keys)
+        vec = torch.tensor(local, dtype=torch.float64, device=self.device)
+        if rkeys:
+            ratios = self.ratios if self.ratios is not None else vec.new_zeros((len(rkeys), 2))
+            vec = torch.cat([vec, ratios.flatten()])  # hits_0, total_0, hits_1, total_1, ...
+        g = _allreduce(vec)
+        n, r0 = len(keys), 2 * len(keys) + 3
         secs = max(time.perf_counter() - self.t0, 1e-9)
-        out = {k: g[i] / g[n + i] for i, k in enumerate(keys) if g[n + i] > 0}
+        # (key, numerator, denominator): a mean sums values over steps, a ratio sums hits over clips
+        parts = [(k, g[i], g[n + i]) for i, k in enumerate(keys)]
+        parts += [(k, g[r0 + 2 * i], g[r0 + 2 * i + 1]) for i, k in enumerate(rkeys)]
+        out = {k: num / den for k, num, den in parts if den > 0}
         out["clips_per_s"] = g[2 * n] / secs
-        for i, k in enumerate(keys):
-            st.epoch_sums[k] = st.epoch_sums.get(k, 0.0) + g[i]
-            st.epoch_counts[k] = st.epoch_counts.get(k, 0.0) + g[n + i]
+        for k, num, den in parts:
+            st.epoch_sums[k] = st.epoch_sums.get(k, 0.0) + num
+            st.epoch_counts[k] = st.epoch_counts.get(k, 0.0) + den
         totals = (("clips", g[2 * n]), ("videos", g[2 * n + 1]), ("skipped", g[2 * n + 2]), ("seconds", secs))
         for k, v in totals:
             st.epoch_sums[k] = st.epoch_sums.get(k, 0.0) + v
         st.skipped_total += int(g[2 * n + 2])
         self.window.reset()
+        self.ratios = None
         self.clips = self.videos = self.skipped = 0
         self.t0 = time.perf_counter()
         return out
@@ -187,22 +206,24 @@ def _epoch_row(st: LoopState, epoch: int, lr: float, world: int) -> dict[str, An
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point: `config` = {"task": Task, "cfg": Config}."""
+    """Ray Train entry point: `config` = {"task": Task, "cfg": Config, "resume": ResumePlan | None}."""
     import ray.train
     import ray.train.torch
 
     ctx = ray.train.get_context()
     WorkerLoop(config["task"], config["cfg"], ctx.get_world_rank(), ctx.get_world_size(),
-               ray.train.torch.get_device()).run()
+               ray.train.torch.get_device(), config.get("resume")).run()
 
 
 class WorkerLoop:
     """One attempt of one Ray Train worker: restore -> DDP -> epochs of elastic batches -> checkpoints."""
 
-    def __init__(self, task: Task, cfg: Config, rank: int, world: int, device: torch.device) -> None:
+    def __init__(self, task: Task, cfg: Config, rank: int, world: int, device: torch.device,
+                 resume: ckpt_io.ResumePlan | None = None) -> None:
         import ray.train.torch
 
         self.task, self.cfg, self.rank, self.world, self.device = task, cfg, rank, world, device
+        self.resume = resume  # the driver's plan_resume: which registered checkpoint to pass over
         o, seed = cfg.optim, cfg.run.seed
         random.seed(seed)
         np.random.seed(seed)
@@ -233,8 +254,8 @@ class WorkerLoop:
         run_dir = run_dir_of(cfg)
         total = planned_steps(self.n_items, self.batch * world, world, self.st, o)
         self.log_every = max(1, min(20, total // 50))
-        self.progress = Progress(Path(run_dir) if not is_remote(run_dir) else Path.cwd() / "progress", total,
-                                 self.st.step, enabled=rank == 0, desc=task.name)
+        out = local_path(run_dir) if not is_remote(run_dir) else Path.cwd() / "progress"
+        self.progress = Progress(out, total, self.st.step, enabled=rank == 0, desc=task.name)
         self.flusher = Flusher(device)
         self.step_times: list[float] = []  # compute + data wait of each step of this attempt
         self.step_ends: list[float] = []  # wall clock after each step, reports included
@@ -248,8 +269,10 @@ class WorkerLoop:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
+        if self.resume is not None and Path(checkpoint.path).name == self.resume.skip:
+            checkpoint = ray.train.Checkpoint(self.resume.use)  # Ray's latest cannot be loaded
         with checkpoint.as_directory() as d:
-            loaded = ckpt_io.load_state(d)
+            loaded = ckpt_io.load_state(d)  # CheckpointError: not retried (vpace.train.fail_fast)
         self.task.load_state_dict(loaded["model"])
         self.st = LoopState(**loaded["loop"])
         rngs = loaded.get("rng") or []
@@ -262,7 +285,7 @@ class WorkerLoop:
         o = self.cfg.optim
         return self.st.epoch >= o.epochs or (o.max_steps is not None and self.st.step >= o.max_steps)
 
-    def train_step(self, batch: dict[str, Any]) -> tuple[dict[str, float], int, int, int]:
+    def train_step(self, batch: dict[str, Any]) -> tuple[dict[str, float | torch.Tensor], int, int, int]:
         """Forward/backward/update of one local batch; returns (metrics, videos, clips, skipped)."""
         skipped = int(batch.pop("skipped", 0))
         videos, clips = self.task.batch_size(batch)
@@ -317,7 +340,8 @@ class WorkerLoop:
                         "backbone_prefix": ckpt_io.module_prefix(task.state_root(), task.backbone())}
                 path = ckpt_io.save_checkpoint(Path(tmp) / "c", state, meta, {HISTORY_FILE: st.history})
                 ckpt = ray.train.Checkpoint.from_directory(path)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{st.step:08d}")
+            ray.train.report(metrics, checkpoint=ckpt,
+                             checkpoint_dir_name=ckpt_io.checkpoint_dir_name(st.step, self.resume))
 
     def run_epoch(self) -> None:
         """The rest of the current epoch (from `consumed`), or until max_steps."""

@@ -37,7 +37,10 @@ def augment_batch(frames: Tensor, index_map: Tensor, cfg: Config, generator: tor
 
 
 class PretrainTask(Task):
-    """Self-supervised pre-training with `cfg.method` (pace | pace_ctr | rspnet)."""
+    """Self-supervised pre-training with `cfg.method` (pace | pace_ctr | rspnet).
+
+    A step reads loop -> task -> model + loss: augment the clips, `self.model(clips)` (the DDP wrapper of
+    `self.net`), the method's loss, plus per-pace wrap / accuracy tallies (`pace_tallies`)."""
 
     name = "pretrain"
 
@@ -45,38 +48,32 @@ class PretrainTask(Task):
         load_split(cfg)  # the data index exists and has the split: fail before Ray starts
 
     def setup(self, cfg: Config, device: torch.device) -> nn.Module:
+        from vpace.data import parse_pace_set
         from vpace.models import build_backbone
         from vpace.objectives import build_objective
 
         self.cfg = cfg
+        self.paces = parse_pace_set(cfg.rspnet.speeds if cfg.method == "rspnet" else cfg.pace.paces)
         backbone = build_backbone(cfg.model.backbone, weights_path=cfg.model.weights)
-        self.obj = build_objective(cfg, backbone).to(device)
+        self.net, self.loss = build_objective(cfg, backbone)
+        self.net.to(device)
         if cfg.model.channels_last:
-            self.obj.modules().to(memory_format=torch.channels_last_3d)
-        self.obj.train()
-        return self.obj.model
-
-    def wrap(self, model: nn.Module) -> None:
-        self.obj.model = model
-
-    def parameters(self) -> list[nn.Parameter]:
-        return self.obj.parameters()
+            self.net.to(memory_format=torch.channels_last_3d)
+        self.model: nn.Module = self.net.train()  # until `wrap` hands over the DDP wrapper
+        return self.net
 
     def dataset(self, cfg: Config) -> Dataset:
         split = load_split(cfg)
         d = cfg.data
+        kw = dict(clip_len=d.clip_len, height=d.height, width=d.width, seed=cfg.run.seed, start=d.start,
+                  epoch_size=d.epoch_size, decode_threads=d.decode_threads, cache_dir=d.cache_dir)
         if cfg.method == "rspnet":
             from vpace.data.rsp import RSPClipDataset
 
-            return RSPClipDataset(split, speeds=cfg.rspnet.speeds, clip_len=d.clip_len, height=d.height,
-                                  width=d.width, seed=cfg.run.seed, epoch_size=d.epoch_size,
-                                  decode_threads=d.decode_threads, cache_dir=d.cache_dir)
+            return RSPClipDataset(split, speeds=cfg.rspnet.speeds, **kw)
         from vpace.data import PaceClipDataset
 
-        return PaceClipDataset(split, pace_set=cfg.pace.paces, clip_len=d.clip_len,
-                               clips_per_video=d.clips_per_video, height=d.height, width=d.width,
-                               seed=cfg.run.seed, epoch_size=d.epoch_size, decode_threads=d.decode_threads,
-                               cache_dir=d.cache_dir)
+        return PaceClipDataset(split, pace_set=cfg.pace.paces, clips_per_video=d.clips_per_video, **kw)
 
     @staticmethod
     def collate(items: list[Any]) -> dict[str, Any]:
@@ -90,7 +87,10 @@ class PretrainTask(Task):
         b, n = batch["frames"].shape[:2]
         return int(b), int(b * n)
 
-    def step(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    def step(self, batch: dict[str, Any], generator: torch.Generator
+             ) -> tuple[Tensor, dict[str, float | Tensor]]:
+        from vpace.objectives import pace_tallies
+
         frames, index_map = batch["frames"], batch["index_map"]  # [B, n, T, H, W, 3], [B, n, T]
         b, n = frames.shape[:2]
         clips = augment_batch(frames.flatten(0, 1), index_map.flatten(0, 1), self.cfg, generator)
@@ -98,19 +98,14 @@ class PretrainTask(Task):
             clips = clips.contiguous(memory_format=torch.channels_last_3d)
         meta = {"pace_label": batch["pace_label"].reshape(b * n),
                 "video_id": batch["video_id"].repeat_interleave(n)}
-        return self.obj.step(clips, meta)
+        out = self.model(clips)
+        loss, metrics = self.loss(out, meta)
+        wrapped = batch["wrapped"].reshape(b * n)
+        tallies = pace_tallies(meta["pace_label"], wrapped, self.paces, out.get("logits"))
+        return loss, {**metrics, **tallies}  # the exact pace_acc ratio replaces the loss's per-step mean
 
     def after_optimizer_step(self) -> None:
-        self.obj.after_optimizer_step()
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.obj.state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.obj.load_state_dict(state)
-
-    def backbone(self) -> nn.Module:
-        return self.obj.backbone
+        self.net.after_optimizer_step()
 
     def state_root(self) -> nn.Module:
-        return self.obj.modules()
+        return self.net

@@ -40,8 +40,19 @@ class MeanMeter:
         return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
 
 
+def is_uri(path: str) -> bool:
+    """A storage URI (s3://, gs://, file://, ...), not a plain path: never resolved against the cwd."""
+    return "://" in path
+
+
 def is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
+    """Storage that is not this machine's file system (the one test of it: run dirs, outputs, paths)."""
+    return is_uri(uri) and not uri.startswith("file://")
+
+
+def local_path(uri: str) -> Path:
+    """The path of a local run dir given as a path or a file:// URI (`is_remote` is False)."""
+    return Path(uri.removeprefix("file://"))
 
 
 def acc_keys(row: dict[str, Any]) -> list[str]:
@@ -184,7 +195,7 @@ def plot_curves(history: dict[str, list[dict[str, Any]]], png: Path) -> Path | N
 def write_run_outputs(history: dict[str, list[dict[str, Any]]], run_dir: str) -> None:
     """CSVs + PNG into the run dir (a local path, or uploaded to a remote URI such as s3://)."""
     if not is_remote(run_dir):
-        out = Path(run_dir.removeprefix("file://"))
+        out = local_path(run_dir)
         write_csvs(history, out)
         plot_curves(history, out / CURVES_PNG)
         return

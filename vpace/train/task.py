@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from vpace.config import Config
+from vpace.train.progress import is_uri
 
 
 class Task:
@@ -35,11 +36,13 @@ class Task:
         raise NotImplementedError
 
     def wrap(self, model: nn.Module) -> None:
-        """Receive the DDP wrapper of `setup`'s module (the same module object stays inside)."""
+        """Receive the DDP wrapper of `setup`'s module (the same module object stays inside) as `self.model`,
+        what `step` calls."""
+        self.model = model
 
     def parameters(self) -> list[nn.Parameter]:
-        """What the optimizer gets (never a momentum encoder)."""
-        raise NotImplementedError
+        """What the optimizer gets: the trainable parameters of `state_root` (never a momentum encoder)."""
+        return [p for p in self.state_root().parameters() if p.requires_grad]
 
     def dataset(self, cfg: Config) -> Dataset:
         """Item-indexed data set; `set_epoch(epoch)` is called on it if present."""
@@ -52,27 +55,32 @@ class Task:
         """(videos, clips) in a collated batch; 0 videos = every video of it was broken."""
         raise NotImplementedError
 
-    def step(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        """Forward + loss of one (device-resident) batch; `generator` seeds augmentation reproducibly."""
+    def step(self, batch: dict[str, Any], generator: torch.Generator
+             ) -> tuple[Tensor, dict[str, float | Tensor]]:
+        """Forward + loss of one (device-resident) batch; `generator` seeds augmentation reproducibly.
+
+        Metrics: a float is a per-step value the loop averages over steps; a Tensor ``[hits, total]`` (on the
+        device, no sync) is a ratio the loop sums over steps and workers before dividing (e.g. per-pace
+        accuracy, `vpace.objectives.pace_tallies`)."""
         raise NotImplementedError
 
     def after_optimizer_step(self) -> None:
         """Called on every worker once per optimizer step (may all-gather)."""
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """Everything with state (model + momentum encoder + queue ...)."""
+    def state_root(self) -> nn.Module:
+        """The module holding everything with state (model + momentum encoder + queue ...): the checkpoint
+        is its state dict."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.state_root().state_dict()
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        raise NotImplementedError
+        self.state_root().load_state_dict(state)
 
     def backbone(self) -> nn.Module:
-        """The backbone inside `state_dict`'s module tree, for export."""
-        raise NotImplementedError
-
-    def state_root(self) -> nn.Module:
-        """The module whose state_dict is `state_dict()` (to locate the backbone's key prefix)."""
-        raise NotImplementedError
+        """The backbone inside `state_root`'s module tree, for export (its key prefix is recorded)."""
+        return self.state_root().backbone
 
     def ddp_kwargs(self) -> dict[str, Any]:
         return {}
@@ -85,18 +93,18 @@ class Task:
 
 
 def resolve_paths(cfg: Config) -> Config:
-    """Absolute data/storage/weights paths: Ray Train workers run in their own working directory."""
+    """A copy with absolute data/storage/weights/proxy paths (URIs as they are): Ray Train workers and Tune
+    trials run in their own working directory."""
     import copy
 
     cfg = copy.deepcopy(cfg)
 
     def fix(p: str | None) -> str | None:
-        if p is None or "://" in p:
-            return p
-        return str(Path(p).expanduser().resolve())
+        return p if p is None or is_uri(p) else str(Path(p).expanduser().resolve())
 
     cfg.data.index = fix(cfg.data.index)  # type: ignore[assignment]
     cfg.data.cache_dir = fix(cfg.data.cache_dir)
     cfg.model.weights = fix(cfg.model.weights)
     cfg.run.storage = fix(cfg.run.storage)  # type: ignore[assignment]
+    cfg.proxy.index = fix(cfg.proxy.index)
     return cfg

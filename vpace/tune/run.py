@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vpace.config import ConfigError
+from vpace.train.ray_session import start_ray, stop_ray
 from vpace.tune import report
 from vpace.tune.space import SearchSpec, load_spec
 from vpace.tune.trainable import TRAIN_DIR, PretrainTrial
@@ -50,21 +51,6 @@ class TuneOutcome:
             lines.append(f"best: trial {self.best['trial']} -> {self.best_config}")
         lines.append(f"wrote {self.results_md}, {self.results_csv}" + (f", {self.plot}" if self.plot else ""))
         return "\n".join(lines)
-
-
-def _start_ray(address: str | None) -> bool:
-    """Join `address`, or start a local Ray on this machine. Returns True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address)
-        return False
-    from vpace.train.launch import init_local_ray
-
-    init_local_ray()
-    return True
 
 
 def max_concurrent(spec: SearchSpec, resources: dict[str, float]) -> int:
@@ -179,7 +165,7 @@ def tune(
     if not resume and Tuner.can_restore(str(exp_dir)):
         raise ConfigError("name", f"experiment {exp_dir} exists; resume it, pass another name or delete it")
     _check_same_search(spec, exp_dir)
-    started = _start_ray(address)
+    started = start_ray(address)
     try:
         import ray
 
@@ -188,9 +174,7 @@ def tune(
         grid = tuner.fit()
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            stop_ray()
     rows = collect_rows(grid, spec, exp_dir)
     md, csv_path = report.write_table(rows, spec, exp_dir)
     best = report.pick_best(rows, spec.tune.mode)

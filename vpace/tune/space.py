@@ -271,19 +271,6 @@ def _resolve_base(name: Any, path: Path) -> Path:
         raise SearchSpaceError("base", str(e), path) from None
 
 
-def _resolve_paths(cfg: Config) -> Config:
-    """Absolute data/storage paths (trials run in their own working directory); proxy.index defaults to
-    the pre-training data, whose train/test splits are the usual retrieval gallery/queries."""
-    from vpace.train.task import resolve_paths
-
-    cfg = resolve_paths(cfg)
-    if cfg.proxy.index is None:
-        cfg.proxy.index = cfg.data.index
-    elif "://" not in cfg.proxy.index:
-        cfg.proxy.index = str(Path(cfg.proxy.index).expanduser().resolve())
-    return cfg
-
-
 def load_spec(path: str | Path, *, name: str | None = None, overrides: list[str] | tuple[str, ...] = ()
               ) -> SearchSpec:
     """Read and validate a search file (no Ray, no data reads beyond the config checks).
@@ -331,7 +318,11 @@ def load_spec(path: str | Path, *, name: str | None = None, overrides: list[str]
         notes.append(f"trials run with a fixed {workers} worker(s) (scale.min_workers = scale.max_workers = "
                      f"{workers}) so concurrent trials cannot take each other's CPUs/GPUs")
         cfg.scale.min_workers = cfg.scale.max_workers = workers
-    cfg = _resolve_paths(cfg)
+    from vpace.train.task import resolve_paths  # (vpace.train imports torch: only once a file is valid)
+
+    if cfg.proxy.index is None:  # the pre-training data's train/test splits: the usual gallery/queries
+        cfg.proxy.index = cfg.data.index
+    cfg = resolve_paths(cfg)  # absolute: trials run in their own working directory
     base = cfg.to_dict()
     try:
         load_config(data=base)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vpace.data import BrokenVideoError, VideoReader
-from vpace.data.pace import format_pace, parse_pace_set, sample_indices
-from vpace.eval.features import ClipSpec, center_clips
+from vpace.data.pace import format_pace, parse_pace_set
+from vpace.eval.features import ClipSpec, center_clips, load_pace_clips
 from vpace.eval.loading import eval_dir, load_model
 from vpace.eval.plots import CELL_PX, image_grid, overlay_heatmap
 
@@ -37,21 +36,6 @@ def activation_attention(conv5: Tensor, size: tuple[int, int]) -> Tensor:
     # a flat map (e.g. a 1x1 conv5) differs only by rounding: scaling that up would paint noise, so it is 0
     span = torch.where(hi - lo > 1e-5 * hi.abs(), hi - lo, torch.full_like(hi, torch.inf))
     return (a - lo) / span
-
-
-def load_pace_clips(
-    reader: VideoReader, paces: Sequence[Fraction], clip_len: int, start: int
-) -> tuple[Tensor, Tensor]:
-    """One clip per pace from the same start frame -> frames uint8 [P, T, H, W, 3] (unique frames, zero
-    padded to T) and index_map [P, T], the dataset layout the augment op takes."""
-    frames, maps = [], []
-    for p in paces:
-        fr, imap = reader.get_frames(sample_indices(reader.num_frames, clip_len, p, start))
-        pad = np.zeros((clip_len, *fr.shape[1:]), np.uint8)
-        pad[: len(fr)] = fr
-        frames.append(pad)
-        maps.append(imap)
-    return torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(maps))
 
 
 def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -1,12 +1,11 @@
-"""Action recognition on top of a pre-trained backbone (pace paper §4.1), plus two cheap probes.
+"""Action recognition on top of a pre-trained backbone (pace paper §4.1).
 
-- ``finetune``: conv weights from the pre-trained checkpoint (or a backbone file, or random init for the
-  baseline), a new fc, cross-entropy, lr 3e-3 (0.01 for S3D-G), the pre-training augmentation and schedule.
-  It is a :class:`~vpace.train.task.Task` on the shared Ray Train loop, so checkpoints, elasticity and fault
-  tolerance are the pre-training ones. Test: 10 uniformly spaced clips per video, center crop, softmax
-  averaged -> video accuracy (and clip accuracy).
-- ``linear_probe``: frozen backbone, a logistic regression on cached per-clip features (minutes -> seconds).
-- ``knn_classify``: weighted kNN on cached video-level features, no training at all.
+``finetune``: conv weights from the pre-trained checkpoint (or a backbone file, or random init for the
+baseline), a new fc, cross-entropy, lr 3e-3 (0.01 for S3D-G), the pre-training augmentation and schedule.
+It is a :class:`~vpace.train.task.Task` on the shared Ray Train loop, so checkpoints, elasticity and fault
+tolerance are the pre-training ones. Test: 10 uniformly spaced clips per video, center crop, softmax
+averaged -> video accuracy (and clip accuracy). The cheap alternatives on frozen features (``linear_probe``,
+``knn_classify``) are in `vpace.eval.probes`.
 """
 
 from __future__ import annotations
@@ -22,12 +21,12 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from vpace.config import Config, base_backbone, load_config
+from vpace.backbone_names import base_backbone
+from vpace.config import Config, load_config
 from vpace.data import PaceClipDataset, VideoIndex, load_index
 from vpace.eval.features import ClipSpec, center_clips, clip_batches, skipped_videos
 from vpace.eval.loading import eval_dir, load_model
 from vpace.eval.metrics import clip_and_video_accuracy
-from vpace.eval.probes import knn_classify, linear_probe
 from vpace.eval.results import markdown_table, pct, write_result
 from vpace.train.checkpoint import find_latest, load_state
 from vpace.train.pretrain_task import PretrainTask, augment_batch, load_split
@@ -234,6 +233,3 @@ def finetune(
     write_result(out, "finetune", "Fine-tuning (accuracy %)", res, table, rows[0]["skipped"])
     return res
 
-
-__all__ = ["Classifier", "FinetuneTask", "finetune", "knn_classify", "linear_probe", "load_classifier",
-           "evaluate_classifier"]
