@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from vpace.bench_rows import FIELDS, machine
+from vpace.bench_rows import CPU_DEVICE, FIELDS, machine
 
 QUANTILES = (0.5, 0.2, 0.8)  # median, then the 20th and 80th percentiles (triton.testing.do_bench's order)
 
@@ -71,9 +71,9 @@ def timing_rows(row: dict, metric: str, t: Timing, scale: float = 1.0, digits: i
 
 
 def device_label(device: str | torch.device) -> str:
-    """The ``device`` column of a row: the GPU's name on CUDA, else "cpu"."""
+    """The ``device`` column of a row: the GPU's name on CUDA, else ``CPU_DEVICE``."""
     dev = torch.device(device)
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else CPU_DEVICE
 
 
 def copy_bandwidth(device: str | torch.device, nbytes: int = 1 << 30) -> tuple[float, Timing]:

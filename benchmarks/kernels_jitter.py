@@ -41,13 +41,14 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import Checks, Timing, append_rows, bench, copy_bandwidth, device_label, timing_rows
+from vpace.config import KINETICS_MEAN, KINETICS_STD
 
 B, F, T, H, W, CROP = 30, 16, 16, 128, 171, 112
 SHAPE = f"B={B} T={T} {CROP}x{CROP} from {H}x{W}"
 GPU_SHAPES = ((30, 16, 112, 128, 171), (64, 16, 224, 256, 340))  # (B, T, crop, H, W); F = T (pace 1)
 SMALL_SHAPES = ((2, 4, 16, 20, 26),)  # the no-GPU dry run: every GPU step at a tiny size on the CPU
 REF_CLIPS = 4  # clips the per-frame reference is timed on (GPU rows), then scaled to the batch
-MEAN, STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
+MEAN, STD = KINETICS_MEAN, KINETICS_STD
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 

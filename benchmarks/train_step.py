@@ -49,11 +49,11 @@ def in_memory_dataset(cfg, videos: int = VIDEOS, frames: int = VIDEO_FRAMES, see
             self.path, self.num_frames, self.fps = f"<memory {video_id}>", frames, 25.0
             self.video_id = video_id
 
-        def _take(self, unique: np.ndarray) -> np.ndarray:
+        def read_unique(self, unique: np.ndarray) -> np.ndarray:
             return clips[self.video_id][unique]
 
     class MemoryPaceClips(PaceClipDataset):
-        def _open(self, video_id: int) -> FrameSource:  # the data set's reader hook: memory, not a file
+        def open_source(self, video_id: int) -> FrameSource:  # the data set's reader hook: memory, not a file
             return MemoryVideo(video_id)
 
     entries = [VideoEntry(f"memory/{i}.mp4", 0, "all") for i in range(videos)]

@@ -41,6 +41,7 @@ def test_fraction_list_is_exact_and_sorted() -> None:
         ({"pace": {"lambda_ctr": -0.5}}, "pace.lambda_ctr"),
         ({"augment": {"crop": 200}}, "augment.crop"),
         ({"optim": {"lr": "fast"}}, "optim.lr"),
+        ({"optim": {"lr": ".nan"}}, "optim.lr"),
         ({"optim": {"lrr": 1}}, "optim.lrr"),
         ({"method": "magic"}, "method"),
         ({"scale": {"min_workers": 3, "max_workers": 2}}, "scale.max_workers"),
@@ -113,3 +114,10 @@ def test_set_value_is_yaml() -> None:
                                           "pace.paces='1,2'"])
     assert (cfg.optim.lr, cfg.data.epoch_size, cfg.augment.mean, cfg.pace.paces) == (
         0.01, None, (0.5, 0.5, 0.5), "1,2")
+
+
+def test_exponent_floats_are_numbers_in_set_and_yaml(tmp_path) -> None:
+    """YAML 1.1 reads `1e-2` (no dot) as a string; a float field takes it as the number it means."""
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 1e-2\n")
+    assert load_config(tmp_path / "c.yaml").optim.lr == 0.01
+    assert load_config("smoke", overrides=["optim.lr=3e-4"]).optim.lr == 3e-4

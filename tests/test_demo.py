@@ -28,6 +28,10 @@ def _checkpoints(run: Path) -> dict[str, int]:
     return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.glob("checkpoint_*/*")}
 
 
+def _ray_sessions(ray_tmpdir: str) -> list[str]:
+    return sorted(p.name for p in Path(ray_tmpdir).rglob("session_2*"))
+
+
 @pytest.mark.slow
 def test_quick_demo_writes_a_wellformed_report_and_a_second_run_reuses_it(no_ray, tmp_path: Path,
                                                                            ray_tmpdir: str) -> None:
@@ -64,9 +68,10 @@ def test_quick_demo_writes_a_wellformed_report_and_a_second_run_reuses_it(no_ray
     assert row and float(row.group(1)) == pytest.approx(s["top1"]["p5"]["pretrained"], abs=0.05)
 
     # a second run reuses the data set, the finished training (no checkpoint rewritten) and cached features
-    ckpts = _checkpoints(run)
-    assert ckpts
+    ckpts, sessions = _checkpoints(run), _ray_sessions(ray_tmpdir)
+    assert ckpts and sessions
     again = _demo(runs, ray_tmpdir, "second")
     assert "reused)" in again
     assert _checkpoints(run) == ckpts
+    assert _ray_sessions(ray_tmpdir) == sessions  # a finished run returns without starting Ray
     assert json.loads((run / "demo_summary.json").read_text())["top1"] == s["top1"]

@@ -13,6 +13,7 @@ import torch
 from conftest import decode_indices, write_coded_video
 from PIL import Image
 
+from vpace.bench_rows import CPU_DEVICE, FIELDS
 from vpace.config import load_config
 from vpace.data import load_index
 from vpace.eval.attention_maps import activation_attention, attention
@@ -21,7 +22,7 @@ from vpace.eval.features import ClipSpec, center_clips, clip_batches
 from vpace.eval.finetuning import FINETUNE_LR, FinetuneTask, finetune, finetune_config
 from vpace.eval.loading import load_model
 from vpace.eval.probes import knn_classify, linear_probe
-from vpace.eval.report import write_report
+from vpace.eval.report import applicable_benchmarks, write_report
 from vpace.eval.retrieval import retrieve
 from vpace.eval.speed_segments import segment_starts, speed
 from vpace.models import build_backbone
@@ -330,3 +331,20 @@ def test_finetune_on_ray_beats_chance(local_ray, pace_run, motion_set, tmp_path)
         (r,) = fn(row["run_dir"], **kw)["rows"]
         assert r["model"] == "pretrained" and r["num_videos"] == 16 and r["video_acc"] > chance, r
     assert {"linear_probe.json", "knn.json", "finetune.json"} <= {p.name for p in (tmp_path / "ft").iterdir()}
+
+
+def test_report_benchmarks_follow_the_runs_device_and_take_the_newest_row(tmp_path) -> None:
+    """A GPU row's device is the GPU's name: a GPU run's report shows it, a CPU run's does not (and back)."""
+    rows = [
+        {"kernel": "pace_jitter", "provider": "fused", "shape": "30x16x112", "metric": "ms", "value": v,
+         "device": dev, "machine": "m", "date": date}
+        for v, dev, date in (("9.0", CPU_DEVICE, "2026-11-01"), ("8.0", CPU_DEVICE, "2026-11-02"),
+                             ("0.2", "NVIDIA H200", "2026-11-03"))]
+    with (tmp_path / "kernels.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    cpu = applicable_benchmarks(tmp_path, backbone="r21d", gpu=False, machine="m")
+    gpu = applicable_benchmarks(tmp_path, backbone="r21d", gpu=True, machine="m")
+    assert [r["value"] for r in cpu] == ["8.0"] and [r["value"] for r in gpu] == ["0.2"]
+    assert applicable_benchmarks(tmp_path, backbone="r21d", gpu=False, machine="other") == []

@@ -13,12 +13,13 @@ import torchvision.transforms.v2 as T2
 import torchvision.transforms.v2.functional as TF
 from conftest import on_devices
 
+from vpace.config import KINETICS_MEAN, KINETICS_STD
 from vpace_kernels import pace_jitter as PJ
 from vpace_kernels import pace_jitter_cpu as PJC
 from vpace_kernels.aot import aot_compile_configs
 from vpace_kernels.pace_jitter_spec import JitterParams, validate
 
-MEAN, STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
+MEAN, STD = KINETICS_MEAN, KINETICS_STD
 STD_T = torch.tensor(STD).view(1, 3, 1, 1, 1)
 TOL = 1e-4  # fp32, 0..1 units
 # (device, backend): "cpu" is the C kernel, "eager" batched torch (any device), "triton" the fused kernel.

@@ -11,9 +11,10 @@ import os
 import platform
 from pathlib import Path
 
-__all__ = ["FIELDS", "machine", "source_checkout"]
+__all__ = ["CPU_DEVICE", "FIELDS", "machine", "source_checkout"]
 
 FIELDS = ("kernel", "provider", "shape", "metric", "value", "device", "machine", "date")
+CPU_DEVICE = "cpu"  # the ``device`` of a row measured on the CPU; a GPU row holds the GPU's name
 
 
 def machine() -> str:

@@ -7,6 +7,7 @@ name, and a bad value fails *before* Ray starts, with a message naming the dotte
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -208,8 +209,13 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(name, f"expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(name, f"expected a number, got {value!r}")
+        if isinstance(value, str):  # YAML 1.1 reads `1e-2` (no dot) as a string; a number is meant
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(name, f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(name, f"expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vpace.errors import UserError
+
 from .index import VideoIndex
 from .pace import (
     PaceLike,
@@ -108,7 +110,7 @@ class _ClipDataset(Dataset):
         short_side: int | None,
     ):
         if len(index) == 0:
-            raise ValueError(f"index of {index.root} is empty")
+            raise UserError(f"index of {index.root} is empty")
         if clip_len < 1:
             raise ValueError(f"clip_len must be >= 1, got {clip_len}")
         self.index, self.clip_len = index, int(clip_len)
@@ -118,7 +120,9 @@ class _ClipDataset(Dataset):
         self.skipped = 0
         self.broken: dict[str, str] = {}
 
-    def _open(self, video_id: int) -> FrameSource | None:
+    def open_source(self, video_id: int) -> FrameSource | None:
+        """The frames of video ``video_id`` (decord, or the frame cache); None if it is broken (skipped and
+        counted). The hook to override for another source, e.g. frames already in memory."""
         try:
             return open_video(self.index[video_id].path, **self.reader_kw)
         except BrokenVideoError as e:
@@ -205,7 +209,7 @@ class PaceClipDataset(_ClipDataset):
         if not 0 <= i < len(self):
             raise IndexError(f"item {i} out of range for {len(self)} items")
         video_id = i % len(self.index)
-        reader = self._open(video_id)
+        reader = self.open_source(video_id)
         if reader is None:
             return None
         draw = self.sample(i, reader.num_frames)
@@ -241,7 +245,7 @@ class EvalClipDataset(_ClipDataset):
     def __getitem__(self, i: int) -> dict | None:
         if not 0 <= i < len(self):
             raise IndexError(f"video {i} out of range for {len(self)} videos")
-        reader = self._open(i)
+        reader = self.open_source(i)
         if reader is None:
             return None
         starts = eval_starts(reader.num_frames, self.num_clips, self.clip_len)

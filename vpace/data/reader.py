@@ -51,7 +51,8 @@ class BrokenVideoError(RuntimeError):
 
 
 class FrameSource:
-    """What datasets read: ``path``, ``num_frames``, ``fps``, ``get_frames`` (subclasses give ``_take``)."""
+    """What datasets read: ``path``, ``num_frames``, ``fps``, ``get_frames``. A new source (another decoder,
+    frames in memory) subclasses it and gives ``read_unique``."""
 
     path: str
     num_frames: int
@@ -66,9 +67,10 @@ class FrameSource:
             raise ValueError(
                 f"{self.path}: frame indices must be in [0, {self.num_frames}), got {unique[0]}..{unique[-1]}"
             )
-        return self._take(unique), index_map
+        return self.read_unique(unique), index_map
 
-    def _take(self, unique: np.ndarray) -> np.ndarray:
+    def read_unique(self, unique: np.ndarray) -> np.ndarray:
+        """Frames uint8 ``[len(unique), H, W, 3]`` at the sorted, unique, in-range indices ``unique``."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -216,7 +218,7 @@ class VideoReader(FrameSource):
         if self.num_frames < 1:
             raise BrokenVideoError(self.path, "zero frames")
 
-    def _take(self, unique: np.ndarray) -> np.ndarray:
+    def read_unique(self, unique: np.ndarray) -> np.ndarray:
         if self._vr is None:
             raise ValueError(f"{self.path}: reader is closed")
         try:
@@ -228,7 +230,7 @@ class VideoReader(FrameSource):
             # decord's scaler rejects some output sizes (e.g. width 48 or 96 from 172): decode at native
             # size and resize here instead, for this and later batches.
             self._vr, self._native = _decord().VideoReader(self.path, num_threads=self._threads), True
-            return self._take(unique)
+            return self.read_unique(unique)
         if self._native:
             frames = _resize(frames, self._size)
         if frames.ndim != 4 or frames.shape[0] != unique.size or frames.shape[-1] != 3:
@@ -238,7 +240,7 @@ class VideoReader(FrameSource):
     def read_all(self, out: np.ndarray | None = None) -> np.ndarray:
         """Every frame, decoded in chunks (optionally into a memory map) to bound peak memory."""
         for lo in range(0, self.num_frames, _CHUNK):
-            chunk = self._take(np.arange(lo, min(lo + _CHUNK, self.num_frames)))
+            chunk = self.read_unique(np.arange(lo, min(lo + _CHUNK, self.num_frames)))
             if out is None:
                 out = np.empty((self.num_frames, *chunk.shape[1:]), np.uint8)
             out[lo : lo + len(chunk)] = chunk
@@ -290,7 +292,7 @@ class CachedVideoReader(FrameSource):
             tmp_meta.write_text(json.dumps({"path": self.path, "fps": vr.fps, "num_frames": vr.num_frames}))
             os.replace(tmp_meta, meta)
 
-    def _take(self, unique: np.ndarray) -> np.ndarray:
+    def read_unique(self, unique: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self._frames[unique])
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vpace.data.synthetic_motions import MOTIONS, RenderSpec, render_video
+from vpace.errors import UserError
 
 __all__ = ["CLASSES", "SPEED_JITTER", "SyntheticInfo", "make_synthetic"]
 
@@ -103,20 +104,20 @@ def _check_args(num_videos: int, seed: int, height: int, width: int, fps: int, m
                 test_fraction: float) -> None:
     min_videos = 2 * len(CLASSES)
     if not isinstance(num_videos, (int, np.integer)) or num_videos < min_videos:
-        raise ValueError(f"num_videos={num_videos!r}: need an int >= {min_videos} (a train and a test video "
-                         f"for each of the {len(CLASSES)} classes)")
+        raise UserError(f"num_videos={num_videos!r}: need an int >= {min_videos} (a train and a test video "
+                        f"for each of the {len(CLASSES)} classes)")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed={seed!r}: must be a non-negative int")
+        raise UserError(f"seed={seed!r}: must be a non-negative int")
     if height < 16 or width < 16:
-        raise ValueError(f"frame size {height}x{width}: height and width must be >= 16")
+        raise UserError(f"frame size {height}x{width}: height and width must be >= 16")
     if fps < 1:
-        raise ValueError(f"fps={fps}: must be >= 1")
+        raise UserError(f"fps={fps}: must be >= 1")
     if not 0 < min_s <= max_s:
-        raise ValueError(f"min_seconds={min_s}, max_seconds={max_s}: need 0 < min_seconds <= max_seconds")
+        raise UserError(f"min_seconds={min_s}, max_seconds={max_s}: need 0 < min_seconds <= max_seconds")
     if round(min_s * fps) < 2:
-        raise ValueError(f"min_seconds={min_s} at fps={fps} gives fewer than 2 frames")
+        raise UserError(f"min_seconds={min_s} at fps={fps} gives fewer than 2 frames")
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction={test_fraction}: must be in (0, 1)")
+        raise UserError(f"test_fraction={test_fraction}: must be in (0, 1)")
 
 
 def _plan(num_videos: int, seed: int, height: int, width: int, fps: int, min_s: float, max_s: float,

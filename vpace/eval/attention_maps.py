@@ -18,6 +18,7 @@ from torch import Tensor
 
 from vpace.data import BrokenVideoError, VideoReader
 from vpace.data.pace import format_pace, parse_pace_set
+from vpace.errors import UserError
 from vpace.eval.features import ClipSpec, center_clips, load_pace_clips
 from vpace.eval.loading import eval_dir, load_model
 from vpace.eval.plots import CELL_PX, image_grid, overlay_heatmap
@@ -92,7 +93,7 @@ def attention(
         grid.append([overlay_heatmap(f, a) for f, a in zip(last, att, strict=True)])
         names.append(Path(path).stem[:24])
     if not grid:
-        raise ValueError(f"attention: none of the {len(videos)} video(s) could be read: {skipped}")
+        raise UserError(f"attention: none of the {len(videos)} video(s) could be read: {skipped}")
     png = Path(out) if out else eval_dir(checkpoint, None) / "attention.png"
     cols = [f"p={format_pace(p)}" for p in pace_set]
     png, n_axes = image_grid(grid, png, row_labels=names, col_labels=cols, cell_px=cell_px)

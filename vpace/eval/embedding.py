@@ -15,6 +15,7 @@ import numpy as np
 
 from vpace.data import VideoIndex, load_index
 from vpace.data.index import VIDEO_EXTENSIONS, VideoEntry
+from vpace.errors import UserError
 from vpace.eval.features import ClipSpec, FeatureSet, extract_features
 from vpace.eval.loading import LoadedModel, load_model
 
@@ -28,7 +29,7 @@ def _as_index(videos: Sequence[str | Path] | str | Path) -> VideoIndex:
         else:
             return load_index(p).split("all")
     if not videos:
-        raise ValueError("embed: no videos given")
+        raise UserError("embed: no videos given")
     return VideoIndex([VideoEntry(str(v), -1, "all") for v in videos], [], "")
 
 
@@ -55,7 +56,7 @@ def embed_with_report(
                                       num_workers=num_workers, cache_dir=cache_dir, progress=progress,
                                       desc="embed")[layer]
     if not len(fs.feats):
-        raise ValueError(f"embed: none of the {len(index)} video(s) could be read: {fs.skipped}")
+        raise UserError(f"embed: none of the {len(index)} video(s) could be read: {fs.skipped}")
     dim = fs.feats.shape[-1]
     shape = (len(index), dim) if mode == "video" else (len(index), spec.num_clips, dim)
     out = np.full(shape, np.nan, np.float32)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from vpace.config import AugmentConfig, Config, DataConfig
 from vpace.data import BrokenVideoError, EvalClipDataset, VideoIndex, VideoReader, collate_clips, load_index
 from vpace.data.pace import sample_indices
+from vpace.errors import UserError
 from vpace.eval.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ def extract_features(
     spec = spec or ClipSpec.from_config(model.config)
     bad = [x for x in layers if x not in LAYERS]
     if bad:
-        raise ValueError(f"unknown feature layer(s) {bad}; valid: {LAYERS}")
+        raise UserError(f"unknown feature layer(s) {bad}; valid: {LAYERS}")
     data_digest = index_digest(index)
     out: dict[str, FeatureSet] = {}
     if cache_dir is not None:
@@ -273,7 +274,7 @@ def setup_eval(
     first = next(iter(models.values()))
     data = data or (first.config.data.index if first.config else None)
     if data is None:
-        raise ValueError("no data: pass data=<index spec> (the checkpoint carries no run config)")
+        raise UserError("no data: pass data=<index spec> (the checkpoint carries no run config)")
     index = load_index(data, split_id=split_id)
     spec = ClipSpec.from_config(first.config, num_clips=num_clips)
     return EvalSetup(models, index.split("train"), index.split("test"), spec, str(data))

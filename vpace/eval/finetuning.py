@@ -24,11 +24,12 @@ from tqdm.auto import tqdm
 from vpace.backbone_names import base_backbone
 from vpace.config import Config, load_config
 from vpace.data import PaceClipDataset, VideoIndex, load_index
+from vpace.errors import UserError
 from vpace.eval.features import ClipSpec, center_clips, clip_batches, skipped_videos
 from vpace.eval.loading import eval_dir, load_model
 from vpace.eval.metrics import clip_and_video_accuracy
-from vpace.eval.results import markdown_table, pct, write_result
-from vpace.train.checkpoint import find_latest, load_state
+from vpace.eval.results import TITLES, markdown_table, pct, write_result
+from vpace.train.checkpoint import find_latest, load_latest
 from vpace.train.pretrain_task import PretrainTask, augment_batch, load_split
 from vpace.train.task import Task
 
@@ -114,8 +115,7 @@ class FinetuneTask(Task):
 
 def load_classifier(run_or_ckpt: str | Path) -> tuple[Classifier, Config]:
     """The fine-tuned Classifier of a finetune run's latest checkpoint (weights_only)."""
-    ckpt = find_latest(run_or_ckpt)
-    state = load_state(ckpt)
+    _, state, _ = load_latest(run_or_ckpt)
     cfg = load_config(data=state["config"])
     from vpace.models import build_backbone
 
@@ -144,7 +144,7 @@ def evaluate_classifier(
         ids += batch["video_id"].tolist()
     skipped = skipped_videos(index, ids)
     if not probs:
-        raise ValueError(f"test split: none of the {len(index)} videos could be read")
+        raise UserError(f"test split: none of the {len(index)} videos could be read")
     out = clip_and_video_accuracy(torch.cat(probs), torch.cat(labels))
     return {**out, "skipped": skipped}
 
@@ -230,6 +230,6 @@ def finetune(
     res = {"protocol": "10 clips uniformly spaced, center crop, softmax averaged per video", "rows": rows}
     cols = ("video_acc", "clip_acc", "train_acc")
     table = markdown_table(["model", *cols], [[r["model"], *[pct(r.get(c)) for c in cols]] for r in rows])
-    write_result(out, "finetune", "Fine-tuning (accuracy %)", res, table, rows[0]["skipped"])
+    write_result(out, "finetune", TITLES["finetune"], res, table, rows[0]["skipped"])
     return res
 

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from vpace.errors import UserError
+
 KS: tuple[int, ...] = (1, 5, 10, 20, 50)
 
 
@@ -59,9 +61,9 @@ def topk_retrieval(
     ql = torch.as_tensor(np.asarray(query_labels), dtype=torch.long)
     gl = torch.as_tensor(np.asarray(gallery_labels), dtype=torch.long)
     if len(ql) == 0:
-        raise ValueError("no queries: the test split has no (readable) videos")
+        raise UserError("no queries: the test split has no (readable) videos")
     if len(gl) == 0:
-        raise ValueError("empty gallery: the train split has no (readable) videos")
+        raise UserError("empty gallery: the train split has no (readable) videos")
     _, idx = cosine_topk(query, gallery, max(ks))
     same = gl[idx] == ql[:, None]  # [Nq, kmax]
     return {int(k): int(same[:, :k].any(dim=1).sum()) / len(ql) for k in ks}  # exact count / queries

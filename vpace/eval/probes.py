@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from vpace.eval.features import DEFAULT_CACHE, FeatureSet, extract_features, setup_eval
 from vpace.eval.loading import describe, eval_dir
 from vpace.eval.metrics import clip_and_video_accuracy, knn_predict
-from vpace.eval.results import markdown_table, pct, write_result
+from vpace.eval.results import TITLES, markdown_table, pct, write_result
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, weight_decay: float = 1e-4,
@@ -86,9 +86,7 @@ def run_probe(kind: str, checkpoint: str | None, settings: dict[str, Any], *, da
     cols = ("video_acc", "clip_acc")
     table = markdown_table(["model", "layer", *cols], [[r["model"], r["layer"], *[pct(r[c]) for c in cols]]
                                                        for r in rows])
-    title = "Linear probe, frozen backbone (accuracy %)" if kind == "linear_probe" else \
-        f"Weighted kNN, k={settings['k']} (accuracy %)"
-    write_result(eval_dir(checkpoint, out_dir), kind, title, result, table, skipped)
+    write_result(eval_dir(checkpoint, out_dir), kind, TITLES[kind], result, table, skipped)
     return result
 
 

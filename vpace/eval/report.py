@@ -15,24 +15,26 @@ from typing import Any
 
 import yaml
 
+from vpace.bench_rows import CPU_DEVICE, source_checkout
 from vpace.bench_rows import machine as bench_machine
-from vpace.eval.results import markdown_table, pct, read_result
+from vpace.eval.results import TITLES, markdown_table, pct, read_result
 from vpace.eval.retrieval import format_table
 from vpace.eval.speed_segments import HELDOUT, heldout_table
-from vpace.train.checkpoint import find_latest, load_state, read_meta
+from vpace.train.checkpoint import load_latest
 
 BENCH_KEY = ("kernel", "provider", "shape", "metric")
 
 
 def default_bench_dir() -> Path:
     """``benchmarks/results`` of the working directory, else of the source checkout vpace runs from."""
-    here = Path("benchmarks/results")
-    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    here, checkout = Path("benchmarks/results"), source_checkout()
+    return here if here.is_dir() or checkout is None else checkout / "benchmarks" / "results"
 
 
-def applicable_benchmarks(bench_dir: Path, *, backbone: str, device: str, machine: str | None) -> list[dict]:
-    """Rows measured on this machine and device; rows naming a backbone only if it is this run's; newest
-    date wins per (file, kernel, provider, shape, metric)."""
+def applicable_benchmarks(bench_dir: Path, *, backbone: str, gpu: bool, machine: str | None) -> list[dict]:
+    """Rows measured on this machine and kind of device (a GPU row's device is the GPU's name, a CPU row's
+    `CPU_DEVICE`); rows naming a backbone only if it is this run's; newest date wins per (file, kernel,
+    provider, shape, metric)."""
     from vpace.backbone_names import BACKBONES, base_backbone
 
     backbone = base_backbone(backbone)  # residual input: the same network, the same benchmark rows
@@ -43,7 +45,8 @@ def applicable_benchmarks(bench_dir: Path, *, backbone: str, device: str, machin
             for row in csv.DictReader(f):
                 if machine is not None and row.get("machine") not in (None, "", machine):
                     continue
-                if row.get("device", device) not in ("", device):
+                device = row.get("device") or ""
+                if device and (device != CPU_DEVICE) != gpu:
                     continue
                 text = " ".join(str(row.get(k, "")) for k in BENCH_KEY)
                 names = set(text.replace(",", " ").replace("/", " ").split())
@@ -104,8 +107,7 @@ def _acc_section(res: dict[str, Any] | None, title: str, how: str, cols: tuple[s
 def write_report(run_dir: str, *, bench_dir: str | None = None, out: str | None = None) -> Path:
     """Write ``<run>/report.md`` (or ``out``) and return its path."""
     run = Path(run_dir)
-    ckpt = find_latest(run)
-    state, meta = load_state(ckpt), read_meta(ckpt)
+    ckpt, state, meta = load_latest(run)
     cfg: dict[str, Any] = state.get("config") or {}
     history = (state.get("loop") or {}).get("history") or {}
     report = Path(out) if out else run / "report.md"
@@ -136,19 +138,19 @@ def write_report(run_dir: str, *, bench_dir: str | None = None, out: str | None 
     else:
         lines += [f"{ret.get('protocol', '')}; {ret.get('num_test')} test queries, "
                   f"{ret.get('num_train')} train videos", "", format_table(ret["rows"], ret["ks"]), ""]
-    lines += _acc_section(read_result(ev, "finetune"), "Fine-tuning (accuracy %)",
+    lines += _acc_section(read_result(ev, "finetune"), TITLES["finetune"],
                           f"vpace finetune {run} --baseline random", ("video_acc", "clip_acc"))
-    lines += _acc_section(read_result(ev, "linear_probe"), "Linear probe, frozen backbone (accuracy %)",
+    lines += _acc_section(read_result(ev, "linear_probe"), TITLES["linear_probe"],
                           f"vpace finetune {run} --linear-probe --baseline random", ("video_acc", "clip_acc"))
-    lines += _acc_section(read_result(ev, "knn"), "kNN on frozen features (accuracy %)",
+    lines += _acc_section(read_result(ev, "knn"), TITLES["knn"],
                           f"vpace finetune {run} --knn --baseline random", ("video_acc", "clip_acc"))
     if (ev / "attention.png").is_file():
         lines += ["## Attention (conv5, last frame; rows = videos, columns = paces)", "",
                   f"![attention]({rel(ev / 'attention.png')})", ""]
 
     bdir = Path(bench_dir) if bench_dir else default_bench_dir()
-    device = "cuda" if cfg.get("scale", {}).get("use_gpu") else "cpu"
-    rows = applicable_benchmarks(bdir, backbone=str(meta.get("backbone")), device=device,
+    gpu = bool(cfg.get("scale", {}).get("use_gpu"))
+    rows = applicable_benchmarks(bdir, backbone=str(meta.get("backbone")), gpu=gpu,
                                  machine=bench_machine()) if bdir.is_dir() else []
     lines += ["## Benchmarks (this machine and device)", ""]
     if rows:

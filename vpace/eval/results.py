@@ -10,6 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# The heading of each protocol's result, in its own .md file and in `vpace report`.
+TITLES = {"finetune": "Fine-tuning (accuracy %)",
+          "linear_probe": "Linear probe, frozen backbone (accuracy %)",
+          "knn": "Weighted kNN on frozen features (accuracy %)"}
+
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(map(str, head)) + " |", "|" + "|".join("---" for _ in head) + "|"]

@@ -25,6 +25,7 @@ import torch
 from vpace.data import BrokenVideoError, VideoReader, load_index, open_video
 from vpace.data.dataset import eval_starts, pack_clips
 from vpace.data.pace import clip_span, format_pace, sample_indices
+from vpace.errors import UserError
 from vpace.eval.features import ClipSpec, center_clips, load_pace_clips
 from vpace.eval.loading import eval_dir, load_model
 from vpace.eval.plots import line_plot
@@ -138,7 +139,7 @@ def pace_accuracy(
     spec = ClipSpec.from_config(model.config, num_clips=num_clips)
     data = data or (model.config.data.index if model.config else None)
     if data is None:
-        raise ValueError(f"{checkpoint}: no data index in the checkpoint's config; pass data=...")
+        raise UserError(f"{checkpoint}: no data index in the checkpoint's config; pass data=...")
     index = load_index(data, split_id=split_id).split(split)
     net = model.backbone.eval()
     correct, total, too_short = np.zeros(len(paces)), np.zeros(len(paces)), np.zeros(len(paces), np.int64)

@@ -249,22 +249,42 @@ def checkpoint_dir_name(step: int, plan: ResumePlan | None = None) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class RegisteredCheckpoints:
+    """Ray Train's record of a run's checkpoints: folder names oldest first, the latest one and the metrics
+    reported with it."""
+
+    names: list[str]
+    latest: str
+    metrics: dict[str, Any]
+
+
+def registered_checkpoints(run_dir: str | os.PathLike) -> RegisteredCheckpoints | None:
+    """Read `<run>/checkpoint_manager_snapshot.json`; None when Ray has registered no checkpoint yet."""
+    run = Path(run_dir)
+    try:
+        snap = json.loads((run / SNAPSHOT_FILE).read_text())
+        latest = snap.get("latest_checkpoint_result") or {}
+        names = [r["checkpoint_dir_name"] for r in snap.get("checkpoint_results", [])]
+        name, metrics = latest.get("checkpoint_dir_name"), dict(latest.get("metrics") or {})
+        record = RegisteredCheckpoints(names, name, metrics) if name else None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(run / SNAPSHOT_FILE, f"Ray's checkpoint record is unreadable ({e})") from None
+    return record
+
+
 def plan_resume(run_dir: str | os.PathLike) -> ResumePlan | None:
     """Driver side, before any worker starts: the checkpoint Ray will hand the workers (its latest registered
     one) must load. None: it does, or there is none. Else the newest older registered one that loads
     (warning); if none does, `CheckpointError` - a resume that can never succeed fails at once, not after
     `max_failures` retries."""
     run = Path(run_dir)
-    try:
-        snap = json.loads((run / SNAPSHOT_FILE).read_text())
-        latest = (snap.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
-        registered = [r["checkpoint_dir_name"] for r in snap.get("checkpoint_results", [])]
-    except FileNotFoundError:
+    record = registered_checkpoints(run)
+    if record is None:
         return None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise CheckpointError(run / SNAPSHOT_FILE, f"Ray's checkpoint record is unreadable ({e})") from None
-    if latest is None:
-        return None
+    latest, registered = record.latest, record.names
     try:
         check_checkpoint(run / latest)
         return None

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vpace.config import Config, ConfigError, validate
-from vpace.train.checkpoint import CheckpointError, ResumePlan, plan_resume
-from vpace.train.loop import HISTORY_FILE, run_dir_of, train_loop_per_worker
+from vpace.train.checkpoint import CheckpointError, ResumePlan, plan_resume, registered_checkpoints
+from vpace.train.loop import HISTORY_FILE, run_dir_of, run_finished, train_loop_per_worker
 from vpace.train.progress import is_remote, local_path, write_run_outputs
 from vpace.train.ray_session import start_ray, stop_ray
 from vpace.train.task import Task, resolve_paths
@@ -89,6 +89,20 @@ def _read_history(checkpoint) -> dict[str, Any]:
             return json.load(f)
 
 
+def _finished_run(cfg: Config, run_dir: str) -> TrainResult | None:
+    """A local run whose latest registered checkpoint already ends it (same command re-run): its result,
+    without starting Ray. None when there is training left to do."""
+    from ray.train import Checkpoint
+
+    record = registered_checkpoints(local_path(run_dir))
+    if record is None or not run_finished(cfg.optim, int(record.metrics.get("step", 0)),
+                                          int(record.metrics.get("epoch", 0))):
+        return None
+    path = str(local_path(run_dir) / record.latest)
+    return TrainResult(run_dir=run_dir, checkpoint=path, metrics=record.metrics,
+                       history=_read_history(Checkpoint.from_directory(path)))
+
+
 def run_task(task: Task, cfg: Config, address: str | None = None, *,
              resize_interval_s: float | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Validate (before Ray starts), run the task on Ray Train, write CSV/PNG into the run dir."""
@@ -97,6 +111,10 @@ def run_task(task: Task, cfg: Config, address: str | None = None, *,
     cfg = resolve_paths(cfg)
     run_dir = run_dir_of(cfg)
     resume = None if is_remote(run_dir) else plan_resume(local_path(run_dir))
+    if resume is None and not is_remote(run_dir):
+        finished = _finished_run(cfg, run_dir)
+        if finished is not None:
+            return finished
     from ray.train import ControllerError
 
     started = start_ray(address, check_local=_check_fits(cfg))

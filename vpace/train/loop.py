@@ -93,6 +93,11 @@ def planned_steps(num_items: int, global_batch: int, world: int, st: LoopState, 
     return min(total, o.max_steps) if o.max_steps else total
 
 
+def run_finished(o: OptimConfig, step: int, epoch: int) -> bool:
+    """The run's end: `epochs` epochs completed, or `max_steps` steps taken."""
+    return epoch >= o.epochs or (o.max_steps is not None and step >= o.max_steps)
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     nb = device.type == "cuda"
     return {k: v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -282,8 +287,7 @@ class WorkerLoop:
 
     @property
     def done(self) -> bool:
-        o = self.cfg.optim
-        return self.st.epoch >= o.epochs or (o.max_steps is not None and self.st.step >= o.max_steps)
+        return run_finished(self.cfg.optim, self.st.step, self.st.epoch)
 
     def train_step(self, batch: dict[str, Any]) -> tuple[dict[str, float | torch.Tensor], int, int, int]:
         """Forward/backward/update of one local batch; returns (metrics, videos, clips, skipped)."""

@@ -22,6 +22,7 @@ checkpoints would hold no extra state (Ray docs, "Hyperparameter Tuning with Ray
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import traceback
 from pathlib import Path
@@ -34,9 +35,12 @@ from ray.tune.result import DONE
 
 from vpace.tune.space import SearchSpec
 
+logger = logging.getLogger(__name__)
 TRAIN_DIR = "train"  # <experiment dir>/train/<trial id>: the trials' Ray Train runs
-ABORT_TIMEOUT_S = 60.0
-FINISH_TIMEOUT_S = 120.0
+# Safety nets, not schedules: a finished run is waited for until it has written its outputs (seconds when
+# idle, minutes on a loaded machine); only a run that hangs for this long is aborted, with a warning.
+ABORT_TIMEOUT_S = 600.0
+FINISH_TIMEOUT_S = 1800.0
 
 
 class ProxyReportCallback(UserCallback):
@@ -114,6 +118,9 @@ class PretrainTrial(tune.Trainable):
         """Stopped by ASHA (or the experiment ends): abort the Train run so its workers' CPUs are released."""
         if self.thread.is_alive() and self.finished:
             self.thread.join(FINISH_TIMEOUT_S)  # the run is writing its last checkpoint: let it end cleanly
+            if self.thread.is_alive():
+                logger.warning("trial %s: its finished Train run did not end within %.0f s; aborting it",
+                               self.trial_id, FINISH_TIMEOUT_S)
         if self.thread.is_alive() and self.controller is not None:
             try:
                 ray.get(self.controller.abort.remote(), timeout=ABORT_TIMEOUT_S)
