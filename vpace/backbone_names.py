@@ -1,16 +1,27 @@
-"""The backbone names `vpace.models.build_backbone` accepts, in a module that imports nothing.
+"""The backbone registry: every name `vpace.models.build_backbone` accepts and where it is built, in a module
+that imports nothing.
 
 Why a module of its own: config validation must reject an unknown ``model.backbone`` before Ray starts, but
-config sits below models (docs/ARCHITECTURE.md, "Layers") and must not import torch-heavy model code. Both
-import the names from here, and `vpace.models` refuses to load if its constructors and this list differ.
+config sits below models (docs/ARCHITECTURE.md, "Layers") and must not import torch-heavy model code. So the
+registry is data - the module under ``vpace.models``, the constructor and its leading arguments - which
+`vpace.models` resolves on first use, and config validation reads the names from the same table.
 """
 
 from __future__ import annotations
 
-BACKBONES: tuple[str, ...] = (
-    "c3d", "r3d", "r21d", "s3d_g", "r21d_tiny",  # vpace.models families
-    "tv_r3d_18", "tv_r2plus1d_18", "tv_s3d",  # torchvision video models, wrapped
-)
+# name -> (module of vpace.models, constructor in it, positional arguments it is called with first)
+REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "c3d": ("c3d", "C3D", ()),
+    "r3d": ("resnet3d", "r3d", ()),
+    "r21d": ("resnet3d", "r21d", ()),
+    "s3d_g": ("s3d_g", "S3DG", ()),
+    "r21d_tiny": ("resnet3d", "r21d_tiny", ()),
+    # torchvision video models, wrapped (`tv_` names load torchvision's own checkpoints)
+    "tv_r3d_18": ("torchvision_wrappers", "TorchvisionBackbone", ("r3d_18",)),
+    "tv_r2plus1d_18": ("torchvision_wrappers", "TorchvisionBackbone", ("r2plus1d_18",)),
+    "tv_s3d": ("torchvision_wrappers", "TorchvisionBackbone", ("s3d",)),
+}
+BACKBONES: tuple[str, ...] = tuple(REGISTRY)
 RESIDUAL_SUFFIX = "+res"  # `r21d_tiny+res`: that network fed residual frames (vpace.models.residual_frames)
 
 

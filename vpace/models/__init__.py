@@ -7,32 +7,20 @@ Heads live outside (see vpace.objectives).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from vpace.backbone_names import BACKBONES, base_backbone, unknown_backbone
+from vpace.backbone_names import BACKBONES, REGISTRY, base_backbone, unknown_backbone
 
-from .c3d import C3D
 from .common import Backbone, load_weights, residual_frames
-from .resnet3d import r3d, r21d, r21d_tiny
-from .s3d_g import S3DG
-from .torchvision_wrappers import TorchvisionBackbone
 
-# One constructor per name of vpace.backbone_names.BACKBONES (the list config validation also checks).
-_FACTORIES: dict[str, Callable[..., Backbone]] = {
-    "c3d": C3D,
-    "r3d": r3d,
-    "r21d": r21d,
-    "s3d_g": S3DG,
-    "r21d_tiny": r21d_tiny,
-    "tv_r3d_18": partial(TorchvisionBackbone, "r3d_18"),
-    "tv_r2plus1d_18": partial(TorchvisionBackbone, "r2plus1d_18"),
-    "tv_s3d": partial(TorchvisionBackbone, "s3d"),
-}
 
-if tuple(_FACTORIES) != BACKBONES:
-    raise ImportError(f"vpace.models builds {tuple(_FACTORIES)} but vpace.backbone_names lists {BACKBONES}")
+def _constructor(base: str) -> Callable[..., Backbone]:
+    """The constructor of a registered name (`vpace.backbone_names.REGISTRY`), its module imported now."""
+    module, attr, args = REGISTRY[base]
+    return partial(getattr(importlib.import_module(f"{__name__}.{module}"), attr), *args)
 
 
 def build_backbone(name: str, weights_path: str | Path | None = None, **kw) -> Backbone:
@@ -48,9 +36,9 @@ def build_backbone(name: str, weights_path: str | Path | None = None, **kw) -> B
         raise ValueError(problem)
     base = base_backbone(name)
     if base.startswith("tv_"):
-        model = _FACTORIES[base](weights_path=weights_path, **kw)
+        model = _constructor(base)(weights_path=weights_path, **kw)
     else:
-        model = _FACTORIES[base](**kw)
+        model = _constructor(base)(**kw)
         if weights_path is not None:
             load_weights(model, weights_path, drop_prefixes=model.head_prefixes)
     model.residual_input = name != base

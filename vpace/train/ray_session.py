@@ -50,14 +50,26 @@ class TimeoutWithoutTraceback(logging.Filter):
         return True
 
 
+def _quiet_report_echo() -> None:
+    """Train V2 logs every `ray.train.report` of every rank at INFO, metrics dict and all (two long lines per
+    report); vpace's progress bar and metric files already say it. That logger is named by its file path."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: keep its logging as it is
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def quiet_ray_noise() -> None:
     """Worker setup hook of vpace's local Ray: (1) the PlacementGroupCleaner's warnings off (errors still
-    show), (2) the coordinator's timeout traceback off, (3) $RAY_ADDRESS = this cluster, so the cleaner's
-    state-API lookup does not crash with "Found multiple active Ray instances" when another Ray runs on the
-    machine (it resolves an unset address by scanning the machine's processes)."""
+    show) and the per-report INFO echo off, (2) the coordinator's timeout traceback off, (3) $RAY_ADDRESS =
+    this cluster, so the cleaner's state-API lookup does not crash with "Found multiple active Ray instances"
+    when another Ray runs on the machine (it resolves an unset address by scanning the machine's
+    processes)."""
     import ray
 
     logging.getLogger(_PG_CLEANER_LOGGER).setLevel(logging.ERROR)
+    _quiet_report_echo()
     coordinator = logging.getLogger(_COORDINATOR_LOGGER)
     if not any(isinstance(f, TimeoutWithoutTraceback) for f in coordinator.filters):
         coordinator.addFilter(TimeoutWithoutTraceback())
