@@ -15,11 +15,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .limits import TAU_RANGE
 from .utils import describe
 
 __all__ = ["BACKENDS", "TAU_RANGE", "ContrastiveStats", "prepare", "validate"]
 
-TAU_RANGE = (1e-3, 10.0)
 # "triton": fused kernels (CUDA; CPU under TRITON_INTERPRET); "chunked": tiled torch on any device (memory
 # O(N*D + tile^2)); "eager": full N x (N+K) logits, the ground truth (``contrastive_loss_reference``).
 BACKENDS = ("triton", "chunked", "eager")

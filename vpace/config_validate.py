@@ -11,6 +11,7 @@ from typing import Any
 
 from vpace.backbone_names import unknown_backbone
 from vpace.errors import UserError
+from vpace_kernels.limits import TAU_RANGE
 
 METHODS = ("pace", "pace_ctr", "rspnet")
 CTR_MODES = ("none", "same_context", "same_pace")
@@ -100,7 +101,7 @@ def validate(cfg: Any) -> None:
     _check(p.ctr_mode in CTR_MODES, "pace.ctr_mode", f"must be one of {CTR_MODES}, got {p.ctr_mode!r}")
     _check(p.proj_head in PROJ_HEADS, "pace.proj_head", f"must be one of {PROJ_HEADS}")
     _check(p.proj_dim >= 1, "pace.proj_dim", "must be >= 1")
-    _check(1e-3 <= p.tau <= 10, "pace.tau", f"must be in [0.001, 10], got {p.tau}")
+    _check(TAU_RANGE[0] <= p.tau <= TAU_RANGE[1], "pace.tau", f"must be in {list(TAU_RANGE)}, got {p.tau}")
     if cfg.method in ("pace", "pace_ctr"):
         _check(len(paces) >= 2 or p.lambda_cls == 0, "pace.paces", "pace prediction needs at least 2 paces")
         if cfg.method == "pace_ctr" and p.ctr_mode == "same_context":
@@ -123,7 +124,7 @@ def validate(cfg: Any) -> None:
     _check(0 <= r.momentum < 1, "rspnet.momentum", f"must be in [0, 1), got {r.momentum}")
     _check(r.queue_size >= 1, "rspnet.queue_size", "must be >= 1")
     _check(r.dim >= 1, "rspnet.dim", "must be >= 1")
-    _check(1e-3 <= r.tau <= 10, "rspnet.tau", f"must be in [0.001, 10], got {r.tau}")
+    _check(TAU_RANGE[0] <= r.tau <= TAU_RANGE[1], "rspnet.tau", f"must be in {list(TAU_RANGE)}, got {r.tau}")
 
     _check(o.optimizer in OPTIMIZERS, "optim.optimizer", f"must be one of {OPTIMIZERS}")
     _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
