@@ -212,13 +212,16 @@ def ray_tmpdir():
 # `no_ray`, which shuts the shared one down; the next `local_ray` test would start it again.
 
 NUM_VIDEOS = 30  # 10 motion classes x 3 (2 train + 1 test); + 1 broken file in the train list
-RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}  # report() waits for the controller's poll
+# The test runs' Ray settings. report() waits for the Train controller's poll: poll often. Ray starts its
+# workers at nice 15 (below every normal process): on a machine busy with other jobs they would get ~3% of a
+# core and a run would crawl 30x slower; at nice 0 they share the CPUs like the test process itself.
+RAY_TEST_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_worker_niceness": "0"}
 
 
 def ray_env(ray_tmpdir: str) -> dict[str, str]:
     """Environment of a process or cluster that starts its own Ray under `ray_tmpdir` (values set by the
-    user win over `RAY_TRAIN_ENV`)."""
-    return {**RAY_TRAIN_ENV, **os.environ, "RAY_TMPDIR": ray_tmpdir}
+    user win over `RAY_TEST_ENV`)."""
+    return {**RAY_TEST_ENV, **os.environ, "RAY_TMPDIR": ray_tmpdir}
 
 
 SLOW_TIMEOUT_S = 2400  # pytest-timeout of a `slow` test: a hang guard, > 4x the slowest seen on a busy box

