@@ -88,8 +88,7 @@ def decord_random_access(paths: list[Path], batches: int = 12, frames: int = 24,
     """
     from importlib.metadata import PackageNotFoundError, version
 
-    import decord
-
+    import decord  # stand-alone probe (no vpace); `run` imports it through vpace first
     rng = np.random.default_rng(seed)
     plans = [
         (paths[i % len(paths)], np.sort(rng.choice(FRAMES, size=frames, replace=False)).tolist())
@@ -121,14 +120,15 @@ def decord_random_access(paths: list[Path], batches: int = 12, frames: int = 24,
 def run(out_dir: Path) -> None:
     import tempfile
 
-    import decord
     import torch
 
     from benchmarks.common import append_rows, bench
     from vpace.augment import sample_params
     from vpace.data import PaceClipDataset, VideoEntry, VideoIndex, VideoReader, collate_clips
+    from vpace.data.reader import import_decord
     from vpace_kernels.pace_jitter import pace_jitter_reference
 
+    decord = import_decord()  # vpace's import (see NOT_FOR_DECODING): later benchmarks share this process
     with tempfile.TemporaryDirectory() as tmp:
         paths, _ = write_bench_videos(Path(tmp))
         index = VideoIndex([VideoEntry(str(p), 0, "all") for p in paths], ["bench"], tmp)

@@ -87,8 +87,10 @@ def run_cuda_tests(checks, gpu: bool) -> None:
 
 
 def _decord_missing() -> str | None:
+    from vpace.data.reader import import_decord
+
     try:
-        import decord  # noqa: F401
+        import_decord()
     except ImportError as e:
         return str(e)
     return None

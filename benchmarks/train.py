@@ -69,10 +69,10 @@ def bare_loop(cfg) -> tuple[float, float]:
 
 def run(out_dir: Path) -> None:
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="vpray"))
-    import ray
 
     from vpace.data.synthetic import make_synthetic
     from vpace.train import pretrain
+    from vpace.train.ray_session import start_ray, stop_ray
 
     cpus = float(max(1, (os.cpu_count() or 2)))
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,12 +83,13 @@ def run(out_dir: Path) -> None:
                  f"T{one.data.clip_len} {one.augment.crop}px cpu{int(cpus)}")
         bare = [bare_loop(one)]  # measured before and after the Ray runs; the faster counts (load drifts)
 
-        ray.init(include_dashboard=False)
+        started = start_ray()  # one local Ray for both runs, started as `vpace pretrain` starts it
         try:
             r1 = pretrain(one).metrics
             r2 = pretrain(_cfg(data, runs, "bench2", 2, cpus / 2))
         finally:
-            ray.shutdown()
+            if started:
+                stop_ray()
         bare_s, bare_mean = min([*bare, bare_loop(one)])
     ray_s, ray_wall = r1["step_time_s"], r1["wall_per_step_s"]
     per_batch_clips = one.optim.batch_size * one.data.clips_per_video

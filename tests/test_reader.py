@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import pickle
+import subprocess
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import decode_index, decode_indices
+from conftest import decode_index, decode_indices, write_coded_video
 
 from vpace.data.pace import sample_indices
 from vpace.data.reader import BrokenVideoError, CachedVideoReader, VideoReader, open_video
@@ -136,3 +139,37 @@ def test_sizes_decord_cannot_scale_fall_back_to_an_exact_resize(coded_videos, si
     ref = ref.round().clamp(0, 255).permute(0, 2, 3, 1).numpy()
     # decord may or may not fail for a size on a given build; either way the result is within decoder rounding
     assert np.abs(frames.astype(np.float32) - ref).mean() < 3.0
+
+
+def _nvblas_installed() -> bool:
+    import glob
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    roots = list(spec.submodule_search_locations) if spec else []
+    return any(glob.glob(f"{root}/*/lib/libnvblas.*") for root in roots)
+
+
+@pytest.mark.skipif(not _nvblas_installed(), reason="no nvidia-* wheel with libnvblas here: nothing to skip")
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
+def test_decord_import_leaves_torch_cpu_blas_alone(tmp_path):
+    """decord2 3.4's import dlopens every nvidia-* library globally; libnvblas then takes torch's CPU sgemm (a
+    segfault without a GPU, seen in `make bench`). vpace's import skips it: in a fresh process, decord first,
+    then torch's first float32 matmul agrees with float64, and decoding still works."""
+    code = (
+        "import sys\n"
+        "from vpace.data.reader import import_decord\n"
+        "decord = import_decord()\n"
+        "import torch\n"
+        "assert 'libnvblas' not in open('/proc/self/maps').read(), 'libnvblas mapped'\n"
+        "z = torch.randn(512, 64, generator=torch.Generator().manual_seed(0))\n"
+        "print(((z @ z.T).double() - z.double() @ z.double().T).abs().max().item())\n"
+        "print(len(decord.VideoReader(sys.argv[1])))\n"
+    )
+    video = tmp_path / "probe.mp4"
+    write_coded_video(video, 12)
+    proc = subprocess.run([sys.executable, "-c", code, str(video)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    err, frames = proc.stdout.split()
+    assert float(err) < 1e-3 and int(frames) == 12

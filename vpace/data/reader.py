@@ -12,10 +12,12 @@ them through a memory map instead of decoding: on a 2-core machine decoding domi
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +85,34 @@ class FrameSource:
         self.close()
 
 
-def _decord():
+# Shared libraries decord2's import must not load. decord2 3.4 dlopens every library of the installed nvidia-*
+# wheels with RTLD_GLOBAL (`decord/_ffi/base.py: _preload_cuda_libs`), libnvblas included: NVBLAS exports
+# sgemm_ & co, so torch's CPU BLAS calls bound after that go to an unconfigured NVBLAS ("CPU Blas library need
+# to be provided"; a segfault without a GPU). Decoding never needs it.
+NOT_FOR_DECODING = ("libnvblas.",)
+
+
+class _CDLLSkipping(ctypes.CDLL):
+    """`ctypes.CDLL` that refuses the libraries of `NOT_FOR_DECODING`, as a missing library would be."""
+
+    def __init__(self, name, *args, **kwargs) -> None:
+        if name is not None and os.path.basename(os.fspath(name)).startswith(NOT_FOR_DECODING):
+            raise OSError(f"{name}: not loaded (vpace.data.reader.NOT_FOR_DECODING)")
+        super().__init__(name, *args, **kwargs)
+
+
+def import_decord():
+    """decord, quiet (we report failures ourselves), imported without the libraries of `NOT_FOR_DECODING`.
+    The one place vpace imports it."""
+    if "decord" not in sys.modules:
+        saved, ctypes.CDLL = ctypes.CDLL, _CDLLSkipping
+        try:
+            import decord
+        finally:
+            ctypes.CDLL = saved
     import decord
 
-    decord.logging.set_level(decord.logging.QUIET)  # we report failures ourselves
+    decord.logging.set_level(decord.logging.QUIET)
     return decord
 
 
@@ -206,7 +232,7 @@ class VideoReader(FrameSource):
         if not os.path.isfile(self.path):
             raise BrokenVideoError(self.path, diagnose_video(self.path))
         h, w = output_size(self.path, height, width, short_side)
-        decord = _decord()
+        decord = import_decord()
         self._size, self._threads, self._native = (h, w), int(threads), False
         try:
             self._vr = decord.VideoReader(self.path, width=w, height=h, num_threads=int(threads))
@@ -229,7 +255,7 @@ class VideoReader(FrameSource):
                 raise BrokenVideoError(self.path, _reason(self.path, e, self.num_frames)) from None
             # decord's scaler rejects some output sizes (e.g. width 48 or 96 from 172): decode at native
             # size and resize here instead, for this and later batches.
-            self._vr, self._native = _decord().VideoReader(self.path, num_threads=self._threads), True
+            self._vr, self._native = import_decord().VideoReader(self.path, num_threads=self._threads), True
             return self.read_unique(unique)
         if self._native:
             frames = _resize(frames, self._size)
