@@ -89,6 +89,7 @@ def decord_random_access(paths: list[Path], batches: int = 12, frames: int = 24,
     from importlib.metadata import PackageNotFoundError, version
 
     import decord  # stand-alone probe (no vpace); `run` imports it through vpace first
+
     rng = np.random.default_rng(seed)
     plans = [
         (paths[i % len(paths)], np.sort(rng.choice(FRAMES, size=frames, replace=False)).tolist())

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,7 @@ class FrameSource:
 # sgemm_ & co, so torch's CPU BLAS calls bound after that go to an unconfigured NVBLAS ("CPU Blas library need
 # to be provided"; a segfault without a GPU). Decoding never needs it.
 NOT_FOR_DECODING = ("libnvblas.",)
+_IMPORT_LOCK = threading.Lock()
 
 
 class _CDLLSkipping(ctypes.CDLL):
@@ -104,12 +106,13 @@ class _CDLLSkipping(ctypes.CDLL):
 def import_decord():
     """decord, quiet (we report failures ourselves), imported without the libraries of `NOT_FOR_DECODING`.
     The one place vpace imports it."""
-    if "decord" not in sys.modules:
-        saved, ctypes.CDLL = ctypes.CDLL, _CDLLSkipping
-        try:
-            import decord
-        finally:
-            ctypes.CDLL = saved
+    with _IMPORT_LOCK:  # two threads must not swap ctypes.CDLL over each other
+        if "decord" not in sys.modules:
+            saved, ctypes.CDLL = ctypes.CDLL, _CDLLSkipping
+            try:
+                import decord
+            finally:
+                ctypes.CDLL = saved
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
