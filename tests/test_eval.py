@@ -23,6 +23,7 @@ from vpace.eval.finetuning import FINETUNE_LR, FinetuneTask, finetune, finetune_
 from vpace.eval.loading import load_model
 from vpace.eval.probes import knn_classify, linear_probe
 from vpace.eval.report import applicable_benchmarks, write_report
+from vpace.eval.results import TITLES
 from vpace.eval.retrieval import retrieve
 from vpace.eval.speed_segments import segment_starts, speed
 from vpace.models import build_backbone
@@ -331,6 +332,7 @@ def test_finetune_on_ray_beats_chance(local_ray, pace_run, motion_set, tmp_path)
         (r,) = fn(row["run_dir"], **kw)["rows"]
         assert r["model"] == "pretrained" and r["num_videos"] == 16 and r["video_acc"] > chance, r
     assert {"linear_probe.json", "knn.json", "finetune.json"} <= {p.name for p in (tmp_path / "ft").iterdir()}
+    assert (tmp_path / "ft" / "knn.md").read_text().startswith(f"# {TITLES['knn']}, k=20, temperature=0.07\n")
 
 
 def test_report_benchmarks_follow_the_runs_device_and_take_the_newest_row(tmp_path) -> None:

@@ -86,7 +86,8 @@ def run_probe(kind: str, checkpoint: str | None, settings: dict[str, Any], *, da
     cols = ("video_acc", "clip_acc")
     table = markdown_table(["model", "layer", *cols], [[r["model"], r["layer"], *[pct(r[c]) for c in cols]]
                                                        for r in rows])
-    write_result(eval_dir(checkpoint, out_dir), kind, TITLES[kind], result, table, skipped)
+    title = f"{TITLES[kind]}, {', '.join(f'{k}={v}' for k, v in settings.items())}"  # e.g. kNN's k
+    write_result(eval_dir(checkpoint, out_dir), kind, title, result, table, skipped)
     return result
 
 
