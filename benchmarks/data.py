@@ -1,14 +1,23 @@
-"""Data pipeline throughput (clips/s), side by side on small synthetic videos written here.
+"""Data pipeline cost on video that decodes like camera footage (``benchmarks/videos.py``): raw video against
+the copy ``vpace prepare`` makes of it, and the speed of ``prepare`` itself.
 
-Rows (kernel ``pace_clips``): ``decode_only`` (decord ``get_batch`` of just the frames two pace clips
-need), ``dataset`` (PaceClipDataset item: decode + sample + per-clip unique frames), ``dataset+augment`` (that
-plus the eager torchvision reference augmentation, ``kernels.pace_jitter.pace_jitter_reference``),
-``dataset_cached`` (frames from the decoded-frame cache) and ``naive_decode_all`` (decode every frame of the
-video, then index).
+For each encoding of ``benchmarks.videos.ENCODINGS`` (x264 with its defaults, x264 with a keyframe every 12
+frames, MPEG-4 part 2 ``.avi`` with one every 250) it writes ``VIDEOS`` UCF101-like videos (320x240, 25 fps,
+7 s), prepares them in this process (``vpace.data.transcode.transcode_video`` at the default settings: short
+side 128, a keyframe every 16 frames, x264 fastdecode), and measures in one process by CPU time:
+
+* ``pace_clips`` ``<encoding>/raw`` and ``/prepared``: clips per CPU-second of ``PaceClipDataset`` (2 clips of
+  16 frames, paces 1-4, decoded at 128x171; what a DataLoader worker does) + the q20/q80 rows;
+* ``video_bytes`` ``<encoding>/raw`` and ``/prepared``: mean bytes per video on disk;
+* ``prepare`` ``<encoding>``: videos (and frames) per CPU-second of making the copy;
+* ``pace_clips`` / ``video_bytes`` ``mean/prepared_vs_raw``: the prepared-to-raw ratios, averaged over the
+  encodings (the goals: >= 3x the clips, <= 0.5x the bytes).
+
+On the x264-default raw videos also: ``decode_only`` (the reader alone), ``dataset_cached`` (the decoded-frame
+cache) and ``naive_decode_all`` (decode every frame, then index), clips per CPU-second.
 
 ``feed_rows`` (step 5 of ``make gpu-check``): can a GPU node's CPUs feed the training step? The pace-clip
-pipeline's clips/s with 1, 4, 8 and 16 DataLoader workers on UCF101-like videos (320x240, 25 fps, 7 s) that it
-writes itself (x264 through PyAV, else MPEG-4 through OpenCV: the GPU machine has no PyAV).
+pipeline's clips/s through a DataLoader with 1, 4, 8 and 16 workers on the same camera-like videos.
 
 ``python benchmarks/data.py decord DIR`` is a stand-alone random-access probe (decord + numpy + av only) used
 to compare decord and decord2 in separate venvs; see docs/decord.md.
@@ -23,62 +32,157 @@ from pathlib import Path
 
 import numpy as np
 
-VIDEOS, FRAMES, HEIGHT, WIDTH, FPS = 8, 100, 240, 320, 25  # UCF101-like 320x240, 4 s
-CLIP_LEN, CLIPS_PER_VIDEO, PACES, ITEMS, BATCH = 16, 2, "1,2,3,4", 16, 4
-AUGMENT_ITEMS = 4  # the eager per-frame reference augmentation runs at ~1 clip/s on 2 cores
+VIDEOS, FRAMES, HEIGHT, WIDTH, FPS = 6, 175, 240, 320, 25  # UCF101-like: 320x240, 7 s
+CLIP_LEN, CLIPS_PER_VIDEO, PACES, ITEMS, BATCH = 16, 2, "1,2,3,4", 24, 4
+DECODE = (128, 171)
+SHAPE = (f"{VIDEOS}x{FRAMES}f {WIDTH}x{HEIGHT} -> {CLIPS_PER_VIDEO}x{CLIP_LEN}x{DECODE[0]}x{DECODE[1]} "
+         f"paces {PACES}")
 
 
-def _texture(rng, height: int, width: int) -> np.ndarray:
-    """A blocky random texture twice as wide as the frame (it drifts): enough detail that decoding costs."""
-    tex = np.kron(rng.integers(0, 255, (height // 8, 2 * width // 8, 3), dtype=np.uint8), np.ones((8, 8, 1)))
-    return tex.astype(np.uint8)
+def _dataset(paths: list[Path], **kw):
+    from vpace.data import PaceClipDataset, VideoEntry, VideoIndex
+
+    index = VideoIndex([VideoEntry(str(p), 0, "all") for p in paths], ["bench"], str(paths[0].parent))
+    return PaceClipDataset(index, PACES, clip_len=CLIP_LEN, clips_per_video=CLIPS_PER_VIDEO, height=DECODE[0],
+                           width=DECODE[1], epoch_size=ITEMS, seed=0, **kw)
 
 
-def write_bench_videos(folder: Path, videos: int = VIDEOS, frames: int = FRAMES, seed: int = 0,
-                       height: int = HEIGHT, width: int = WIDTH) -> tuple[list[Path], str]:
-    """mp4s of a drifting texture and the codec used: x264 (GOP 12, B-frames) through PyAV, else MPEG-4
-    part 2 through OpenCV (machines without PyAV)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    try:
-        import av  # noqa: F401
-        writer, codec = _write_av, "h264 (PyAV)"
-    except ImportError:
-        writer, codec = _write_cv2, "mpeg4 (OpenCV)"
-    for v in range(videos):
-        path = folder / "bench" / f"v{v:02d}.mp4"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tex = _texture(rng, height, width)
-        writer(path, (np.ascontiguousarray(np.roll(tex, -3 * t, axis=1)[:, :width]) for t in range(frames)),
-               height, width)
-        paths.append(path)
-    return paths, codec
+def _clip_rate(fn, row: dict, items: int = ITEMS) -> tuple[list[dict], float]:
+    """Rows of clips per CPU-second of ``fn`` (which makes ``items`` dataset items): median, q20, q80."""
+    from benchmarks.common import Timing, bench, timing_rows
+
+    t = bench(fn, reps=3)
+    clips = items * CLIPS_PER_VIDEO
+    rate = Timing(clips / t.median, clips / t.q80, clips / t.q20, t.n)  # a slower call is a lower rate
+    return timing_rows(row, "clips/cpu_s", rate), rate.median
 
 
-def _write_av(path: Path, images, height: int, width: int) -> None:
-    import av
+def _read_items(ds) -> None:
+    from vpace.data import collate_clips
 
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=FPS)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        s.codec_context.gop_size = 12
-        for img in images:
-            out.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        out.mux(s.encode())
+    for lo in range(0, len(ds), BATCH):
+        collate_clips([ds[i] for i in range(lo, min(lo + BATCH, len(ds)))])
 
 
-def _write_cv2(path: Path, images, height: int, width: int) -> None:
-    import cv2
+def _encoding_rows(folder: Path, encoding: str) -> tuple[list[dict], float, float, list[Path]]:
+    """Rows of one encoding; also the prepared/raw ratios of clips per CPU-second and of bytes."""
+    from benchmarks.videos import write_camera_set
+    from vpace.data.decode_cost import keyframe_interval
+    from vpace.data.transcode import TranscodeSettings, transcode_video
 
-    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (width, height))
-    if not out.isOpened():
-        raise RuntimeError(f"{path}: OpenCV cannot write MPEG-4 video here (and PyAV is not installed)")
-    try:
-        for img in images:
-            out.write(img[..., ::-1].copy())  # OpenCV takes BGR
-    finally:
-        out.release()
+    raw, _ = write_camera_set(folder / "raw", VIDEOS, encoding, FRAMES, HEIGHT, WIDTH)
+    settings = TranscodeSettings()
+    outcomes = [transcode_video(str(p), str(folder / "prepared" / encoding / f"{p.stem}.mp4"), settings)
+                for p in raw]
+    bad = [o for o in outcomes if o.reason]
+    if bad:
+        raise RuntimeError(f"bench video could not be prepared: {bad[0].source}: {bad[0].reason}")
+    prepared = [Path(o.output) for o in outcomes]
+    cpu = sum(o.cpu_s for o in outcomes)
+    shape = f"{SHAPE} gop {keyframe_interval(raw[0])}"
+    rows = [dict(kernel="prepare", provider=encoding, shape=shape, metric=metric, value=f"{n / cpu:.3g}")
+            for metric, n in (("videos/cpu_s", VIDEOS), ("frames/cpu_s", VIDEOS * FRAMES))]
+    rates, sizes = {}, {}
+    for kind, paths in (("raw", raw), ("prepared", prepared)):
+        ds = _dataset(paths)
+        more, rates[kind] = _clip_rate(lambda ds=ds: _read_items(ds),
+                                       dict(kernel="pace_clips", provider=f"{encoding}/{kind}", shape=shape))
+        sizes[kind] = sum(p.stat().st_size for p in paths) / len(paths)
+        rows += more + [dict(kernel="video_bytes", provider=f"{encoding}/{kind}", shape=shape,
+                             metric="bytes/video", value=f"{sizes[kind]:.0f}")]
+    print(f"  {encoding:13s} raw {rates['raw']:6.1f} -> prepared {rates['prepared']:6.1f} clips/CPU-s "
+          f"({rates['prepared'] / rates['raw']:.2f}x), {sizes['raw'] / 1e3:.0f} -> "
+          f"{sizes['prepared'] / 1e3:.0f} kB/video, prepare {VIDEOS / cpu:.2f} videos/CPU-s", flush=True)
+    return rows, rates["prepared"] / rates["raw"], sizes["prepared"] / sizes["raw"], raw
+
+
+def _pipeline_rows(paths: list[Path], cache: Path) -> list[dict]:
+    """Other ways to read the same raw videos: the reader alone, the frame cache, decoding every frame."""
+    from vpace.data import VideoReader
+    from vpace.data.reader import import_decord
+
+    decord = import_decord()
+    ds, cached = _dataset(paths), _dataset(paths, cache_dir=cache)
+
+    def decode_only() -> None:
+        for i in range(ITEMS):
+            with VideoReader(ds.index[i % len(paths)].path, height=DECODE[0], width=DECODE[1]) as vr:
+                vr.get_frames(ds.sample(i, vr.num_frames)[1].reshape(-1))
+
+    def naive() -> None:
+        for i in range(ITEMS):
+            vr = decord.VideoReader(ds.index[i % len(paths)].path, width=DECODE[1], height=DECODE[0])
+            every = vr.get_batch(list(range(len(vr)))).asnumpy()
+            np.ascontiguousarray(every[ds.sample(i, len(vr))[1]])
+
+    rows = []
+    for provider, fn in (("decode_only", decode_only), ("dataset_cached", lambda: _read_items(cached)),
+                         ("naive_decode_all", naive)):
+        more, rate = _clip_rate(fn, dict(kernel="pace_clips", provider=f"x264_default/{provider}",
+                                         shape=SHAPE))
+        rows += more
+        print(f"  x264_default/{provider:16s} {rate:6.1f} clips/CPU-s", flush=True)
+    return rows
+
+
+def run(out_dir: Path) -> None:
+    import tempfile
+
+    from benchmarks.common import append_rows
+    from benchmarks.videos import ENCODINGS
+
+    rows, speedups, shrink = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for encoding in ENCODINGS:
+            more, speedup, ratio, raw = _encoding_rows(Path(tmp), encoding)
+            rows += more
+            speedups.append(speedup)
+            shrink.append(ratio)
+            if encoding == "x264_default":
+                rows += _pipeline_rows(raw, Path(tmp) / "cache")
+    shape = f"{SHAPE}; mean over {', '.join(ENCODINGS)}"
+    rows += [dict(kernel="pace_clips", provider="mean/prepared_vs_raw", shape=shape, metric="x",
+                  value=f"{np.mean(speedups):.3g}"),
+             dict(kernel="video_bytes", provider="mean/prepared_vs_raw", shape=shape, metric="x",
+                  value=f"{np.mean(shrink):.3g}")]
+    print(f"  prepared vs raw, mean: {np.mean(speedups):.2f}x the clips per CPU-second (goal >= 3x), "
+          f"{np.mean(shrink):.2f}x the bytes (goal <= 0.5x)", flush=True)
+    append_rows(Path(out_dir) / "data.csv", rows)
+
+
+def feed_rows(workers: tuple[int, ...] = (1, 4, 8, 16), small: bool = False) -> list[dict]:
+    """Step 5 of ``make gpu-check``: clips/s the pace-clip pipeline delivers through a DataLoader with each
+    number of ``workers`` (the paper's recipe: batches of 30 videos x 2 clips of 16 frames at 128x171).
+
+    Wall-clock time (the work happens in the worker processes) of one round - one batch from every worker -
+    after a first round that pays for their start. ``small``: 2 short videos, batches of 2 (the dry run).
+    """
+    import tempfile
+
+    from torch.utils.data import DataLoader
+
+    from benchmarks.common import bench
+    from benchmarks.videos import write_camera_set
+    from vpace.data import PaceClipDataset, VideoEntry, VideoIndex, collate_clips
+
+    batch, frames = (2, 40) if small else (30, FRAMES)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, codec = write_camera_set(Path(tmp), 2 if small else VIDEOS, "x264_default", frames)
+        index = VideoIndex([VideoEntry(str(p), 0, "all") for p in paths], ["bench"], tmp)
+        ds = PaceClipDataset(index, PACES, clip_len=CLIP_LEN, clips_per_video=CLIPS_PER_VIDEO, seed=0,
+                             epoch_size=100_000)
+        shape = (f"{len(paths)} videos {WIDTH}x{HEIGHT} {frames / FPS:.0f}s {codec} -> batch {batch}x"
+                 f"{CLIPS_PER_VIDEO}x{CLIP_LEN}x128x171 paces {PACES}")
+        for w in workers:
+            loader = DataLoader(ds, batch_size=batch, num_workers=w, collate_fn=collate_clips)
+            it = iter(loader)
+            t = bench(lambda w=w, it=it: [next(it) for _ in range(w)], reps=1 if small else 3, clock="wall")
+            del it, loader  # stops the workers
+            rows.append(dict(kernel="pace_clips", provider=f"dataloader_{w}_workers", shape=shape,
+                             metric="clips/s", value=f"{w * batch * CLIPS_PER_VIDEO / t.median:.1f}"))
+            print(f"  {w:2d} workers: {rows[-1]['value']} clips/s", flush=True)
+    return rows
 
 
 def decord_random_access(paths: list[Path], batches: int = 12, frames: int = 24, seed: int = 0) -> dict:
@@ -118,102 +222,13 @@ def decord_random_access(paths: list[Path], batches: int = 12, frames: int = 24,
     }
 
 
-def run(out_dir: Path) -> None:
-    import tempfile
-
-    import torch
-
-    from benchmarks.common import append_rows, bench
-    from vpace.augment import sample_params
-    from vpace.data import PaceClipDataset, VideoEntry, VideoIndex, VideoReader, collate_clips
-    from vpace.data.reader import import_decord
-    from vpace_kernels.pace_jitter import pace_jitter_reference
-
-    decord = import_decord()  # vpace's import (see NOT_FOR_DECODING): later benchmarks share this process
-    with tempfile.TemporaryDirectory() as tmp:
-        paths, _ = write_bench_videos(Path(tmp))
-        index = VideoIndex([VideoEntry(str(p), 0, "all") for p in paths], ["bench"], tmp)
-        kw = dict(clip_len=CLIP_LEN, clips_per_video=CLIPS_PER_VIDEO, epoch_size=ITEMS, seed=0)
-        ds = PaceClipDataset(index, PACES, **kw)
-        cached = PaceClipDataset(index, PACES, cache_dir=Path(tmp) / "cache", **kw)
-        gen = torch.Generator().manual_seed(0)
-
-        def decode_only():
-            for i in range(ITEMS):
-                with VideoReader(index[i % VIDEOS].path) as vr:
-                    vr.get_frames(ds.sample(i, vr.num_frames)[1].reshape(-1))
-
-        def naive():
-            for i in range(ITEMS):
-                vr = decord.VideoReader(index[i % VIDEOS].path, width=171, height=128, num_threads=1)
-                every = vr.get_batch(list(range(len(vr)))).asnumpy()
-                np.ascontiguousarray(every[ds.sample(i, len(vr))[1]])
-
-        def dataset(d=ds, augment=False, items=ITEMS):
-            for lo in range(0, items, BATCH):
-                batch = collate_clips([d[i] for i in range(lo, lo + BATCH)])
-                if augment:
-                    fr, im = batch["frames"].flatten(0, 1), batch["index_map"].flatten(0, 1)
-                    params = sample_params(fr.shape[0], im.shape[1], fr.shape[2], fr.shape[3], crop=112,
-                                           generator=gen)
-                    pace_jitter_reference(fr, im, params, (0.43, 0.39, 0.38), (0.23, 0.22, 0.22))
-
-        cases = {
-            "decode_only": decode_only,
-            "dataset": dataset,
-            "dataset+augment": lambda: dataset(augment=True, items=AUGMENT_ITEMS),  # eager: slow
-            "dataset_cached": lambda: dataset(cached),
-            "naive_decode_all": naive,
-        }
-        shape = f"{VIDEOS}x{FRAMES}f {WIDTH}x{HEIGHT} -> {CLIPS_PER_VIDEO}x{CLIP_LEN}x128x171 paces {PACES}"
-        rows = []
-        for provider, fn in cases.items():
-            items = AUGMENT_ITEMS if provider == "dataset+augment" else ITEMS
-            t = bench(fn, reps=3 if items == ITEMS else 1)  # process CPU time: decoding runs in-process
-            rows.append(dict(kernel="pace_clips", provider=provider, shape=shape, metric="clips/s",
-                             value=round(items * CLIPS_PER_VIDEO / t.median, 2)))
-            print(f"  {provider:18s} {rows[-1]['value']:8.2f} clips/s", flush=True)
-    append_rows(Path(out_dir) / "data.csv", rows)
-
-
-def feed_rows(workers: tuple[int, ...] = (1, 4, 8, 16), small: bool = False) -> list[dict]:
-    """Step 5 of ``make gpu-check``: clips/s the pace-clip pipeline delivers through a DataLoader with each
-    number of ``workers`` (the paper's recipe: batches of 30 videos x 2 clips of 16 frames at 128x171).
-
-    Wall-clock time (the work happens in the worker processes) of one round - one batch from every worker -
-    after a first round that pays for their start. ``small``: 2 short videos, batches of 2 (the dry run).
-    """
-    import tempfile
-
-    from torch.utils.data import DataLoader
-
-    from benchmarks.common import bench
-    from vpace.data import PaceClipDataset, VideoEntry, VideoIndex, collate_clips
-
-    batch, frames = (2, 40) if small else (30, 7 * FPS)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        paths, codec = write_bench_videos(Path(tmp), videos=2 if small else VIDEOS, frames=frames)
-        index = VideoIndex([VideoEntry(str(p), 0, "all") for p in paths], ["bench"], tmp)
-        ds = PaceClipDataset(index, PACES, clip_len=CLIP_LEN, clips_per_video=CLIPS_PER_VIDEO, seed=0,
-                             epoch_size=100_000)
-        shape = (f"{len(paths)} videos {WIDTH}x{HEIGHT} {frames / FPS:.0f}s {codec} -> batch {batch}x"
-                 f"{CLIPS_PER_VIDEO}x{CLIP_LEN}x128x171 paces {PACES}")
-        for w in workers:
-            loader = DataLoader(ds, batch_size=batch, num_workers=w, collate_fn=collate_clips)
-            it = iter(loader)
-            t = bench(lambda w=w, it=it: [next(it) for _ in range(w)], reps=1 if small else 3, clock="wall")
-            del it, loader  # stops the workers
-            rows.append(dict(kernel="pace_clips", provider=f"dataloader_{w}_workers", shape=shape,
-                             metric="clips/s", value=f"{w * batch * CLIPS_PER_VIDEO / t.median:.1f}"))
-            print(f"  {w:2d} workers: {rows[-1]['value']} clips/s", flush=True)
-    return rows
-
-
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "decord":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout's root
+        from benchmarks.videos import write_camera_set
+
         folder = Path(sys.argv[2])
-        vids = sorted((folder / "bench").glob("*.mp4")) or write_bench_videos(folder)[0]
+        vids = sorted((folder / "x264_default").glob("*.mp4")) or write_camera_set(folder, VIDEOS)[0]
         print(json.dumps(decord_random_access(vids)))
     else:
         sys.exit("usage: python benchmarks/data.py decord DIR  (the CSV rows come from benchmarks/run.py)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmarks.source_tree import use_source_tree
 
-AREAS = ("data", "kernels_jitter", "kernels_contrastive", "train")
+AREAS = ("data", "kernels_jitter", "kernels_contrastive", "train", "ingest")
 
 
 def main(argv: list[str]) -> int:

@@ -1,9 +1,10 @@
 """Training-loop overhead: the Ray Train loop vs a bare single-process loop on the same model and data.
 
-Both run `PretrainTask` (real decode in DataLoader worker processes, fused augmentation, the pace_ctr
-objective, SGD) on the same synthetic videos with the same torch thread count. The bare loop is the minimum a
-user would write by hand; the Ray loop is `vpace.train.run_task` on one worker (the goal: <= 10% slower per
-step). A second Ray run on two workers gives clips/s per worker (DDP over gloo on this CPU).
+Both run pre-training's `TrainSpec` through the one step function, `vpace.train.step.train_step` (real
+decode in DataLoader worker processes, fused augmentation, the pace_ctr objective, SGD) on the same synthetic
+videos with the same torch thread count. The bare loop is the minimum a user would write by hand; the Ray
+loop is `vpace.train.run_task` on one worker (the goal: <= 10% slower per step). A second Ray run on two
+workers gives clips/s per worker (DDP over gloo on this CPU).
 
 Rows: step_ms (median step, data wait included), mean_step_ms (Ray: wall clock per step, so reports and
 checkpoints count), overhead_pct (of the medians), clips_per_s, clips_per_s_per_worker.
@@ -33,32 +34,30 @@ def _cfg(data: Path, storage: Path, name: str, workers: int, cpus: float):
 
 
 def bare_loop(cfg) -> tuple[float, float]:
-    """(median, mean) step seconds (data wait included) of a hand-written single-process loop."""
+    """(median, mean) step seconds (data wait included) of a single-process loop around the same step."""
+    from functools import partial
+
     import torch
     from torch.utils.data import DataLoader
 
-    from vpace.train.loop import build_optimizer
-    from vpace.train.pretrain_task import PretrainTask
+    from vpace.train.pretraining import PRETRAIN
     from vpace.train.sampler import ElasticBatchSampler
+    from vpace.train.step import build_optimizer, train_step, trainable
 
     torch.manual_seed(cfg.run.seed)
     torch.set_num_threads(int(cfg.scale.cpus_per_worker))
-    task = PretrainTask()
-    task.setup(cfg, torch.device("cpu"))
-    opt = build_optimizer(cfg.optim, task.parameters(), cfg.optim.lr)
-    ds = task.dataset(cfg)
+    model = PRETRAIN.build_model(cfg).train()
+    opt = build_optimizer(cfg.optim, trainable(model), cfg.optim.lr)
+    forward_loss = partial(PRETRAIN.forward_loss, cfg=cfg)
+    ds = PRETRAIN.dataset(cfg)
     sampler = ElasticBatchSampler(len(ds), cfg.optim.batch_size, 0, 1, cfg.run.seed, 0)
-    loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=task.collate)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        collate_fn=PRETRAIN.collate)
     times = []
     t = time.perf_counter()
     for step, batch in enumerate(loader):
         batch.pop("skipped")
-        gen = torch.Generator().manual_seed(step)
-        loss, _ = task.step(batch, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        task.after_optimizer_step()
+        train_step(model, opt, batch, torch.Generator().manual_seed(step), forward_loss)
         now = time.perf_counter()
         times.append(now - t)
         t = now

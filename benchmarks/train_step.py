@@ -1,10 +1,11 @@
 """The training step on a GPU (step 4 of ``make gpu-check``): clips/s and peak memory of the real step.
 
-The step is what a Ray Train worker runs (``vpace.train.loop.WorkerLoop.train_step``) minus Ray: the pinned
-batch moves to the device, ``PretrainTask.step`` runs the fused augmentation on the device and the model +
-loss under bf16 autocast (``channels_last_3d`` per ``model.channels_last``), then backward, the optimizer
-step and the task's ``after_optimizer_step``. Frames are synthetic uint8 videos already in memory, cut into
-clips by the real ``PaceClipDataset`` sampling and collate (no decoding), so the step is measured alone.
+The step is the one a Ray Train worker runs, ``vpace.train.step.train_step`` on pre-training's
+``forward_loss``, minus Ray: the pinned batch moves to the device, the fused augmentation runs there, the
+model + loss under the loop's precision (bf16 autocast where supported, ``channels_last_3d`` per
+``model.channels_last``), backward and the optimizer step. Frames are synthetic uint8 videos already in
+memory, cut into clips by the real ``PaceClipDataset`` sampling and collate (no decoding), so the step is
+measured alone.
 
 Variants: the fused augment (Triton) vs the batched eager augment (``backend="eager"``, forced through the
 op's default-backend choice), ``channels_last_3d`` on and off, at the paper's R(2+1)D setting (16 x 112 x 112
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
 import torch
@@ -64,35 +66,30 @@ def in_memory_dataset(cfg, videos: int = VIDEOS, frames: int = VIDEO_FRAMES, see
 
 def make_step(cfg, device: str | torch.device, seed: int = 0) -> tuple[Callable[[], Tensor], int, object]:
     """One optimizer step as the worker loop takes it, on a fixed in-memory batch: (step, clips per step, the
-    PretrainTask). The model is seeded, so steps built with the same ``cfg`` and ``seed`` start from the same
+    model). The model is seeded, so steps built with the same ``cfg`` and ``seed`` start from the same
     weights, and every call of ``step`` draws the same augmentation."""
-    from vpace.train.loop import build_optimizer
-    from vpace.train.pretrain_task import PretrainTask
+    from vpace.train.pretraining import PRETRAIN
+    from vpace.train.step import build_optimizer, precision, to_device, train_step, trainable
 
     device = torch.device(device)
     torch.manual_seed(seed)
-    task = PretrainTask()
-    task.setup(cfg, device)
-    opt = build_optimizer(cfg.optim, task.parameters(), cfg.optim.lr)
+    model = PRETRAIN.build_model(cfg).to(device).train()
+    opt = build_optimizer(cfg.optim, trainable(model), cfg.optim.lr)
+    amp_dtype, scaler = precision(cfg.optim, device)
+    forward_loss = partial(PRETRAIN.forward_loss, cfg=cfg)
     ds = in_memory_dataset(cfg, seed=seed)
-    batch = task.collate([ds[i] for i in range(cfg.optim.batch_size)])
+    batch = PRETRAIN.collate([ds[i] for i in range(cfg.optim.batch_size)])
     if batch.pop("skipped"):
         raise RuntimeError("the in-memory data set skipped videos: its reader hook no longer applies")
     if device.type == "cuda":
         batch = {k: v.pin_memory() for k, v in batch.items()}
-    amp = cfg.optim.amp and device.type == "cuda"
 
     def step() -> Tensor:
-        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, _ = task.step(b, torch.Generator().manual_seed(seed))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        task.after_optimizer_step()
-        return loss.detach()
+        loss, _ = train_step(model, opt, to_device(batch, device), torch.Generator().manual_seed(seed),
+                             forward_loss, scaler=scaler, amp_dtype=amp_dtype)
+        return loss
 
-    return step, task.batch_size(batch)[1], task
+    return step, int(batch["frames"].shape[0] * batch["frames"].shape[1]), model
 
 
 @contextlib.contextmanager

@@ -17,26 +17,41 @@ import triton.language as tl
 
 from .contrastive_cpu import chunked_backward, chunked_forward
 from .contrastive_spec import BACKENDS, ContrastiveStats, prepare
+from .launch import PLANNING_ARCH, Launch, launch, recording, target_arch
 from .utils import TRITON_DTYPES, triton_can_run
 
 __all__ = ["MAX_TRITON_DIM", "contrastive_loss", "contrastive_loss_reference", "pick_backend",
-           "shipped_configs"]
+           "shipped_launches"]
 
 MAX_TRITON_DIM = 256  # a q tile must fit in registers for the logits dot; larger D uses the chunked path
-# (kernel, input kind, BLOCK_D) -> (BLOCK_M, BLOCK_N, num_warps, num_stages[, BLOCK_DV]): the largest tiles
-# with zero register spills on sm_80 and sm_90 with Triton 3.6 and 3.8 (ptxas -v via vpace_kernels.aot; the
-# GPU machines carry 3.6, where three of 3.8's fp32 choices spilled). fp32 uses 3xTF32 dots, which hold
-# more operand registers, hence smaller tiles; for D > 128 its backward programs also split the output columns
-# (BLOCK_DV, default BLOCK_D). D <= 128 shares the 128 configs (fewer kernels to compile and check; small D is
-# bound by the exp work, not the dots). Every entry is AOT-compiled by the tests and the benchmark.
+# Tiles: arch -> (kernel, input kind, BLOCK_D) -> (BLOCK_M, BLOCK_N, num_warps, num_stages[, BLOCK_DV]).
+# dk's programs own key tiles, so its dots' M is BLOCK_N. fp32 uses 3xTF32 dots, which hold more operand
+# registers; for D > 128 its backward programs may split the output columns (BLOCK_DV, default BLOCK_D).
+# D <= 128 shares the 128 configs. Each entry is AOT-compiled, as launched, by the tests and the benchmark.
 _BLOCK_DS = (128, 256)
-_CONFIGS = {
-    ("fwd", "16", 128): (64, 64, 4, 2), ("fwd", "16", 256): (64, 64, 8, 2),
-    ("fwd", "32", 128): (32, 64, 8, 2), ("fwd", "32", 256): (16, 32, 4, 2),
-    ("dq", "16", 128): (64, 64, 8, 2), ("dq", "16", 256): (32, 64, 8, 2),
-    ("dq", "32", 128): (16, 32, 4, 2), ("dq", "32", 256): (16, 32, 8, 2, 128),
-    ("dk", "16", 128): (64, 64, 8, 2), ("dk", "16", 256): (64, 32, 8, 2),
-    ("dk", "32", 128): (32, 16, 4, 2), ("dk", "32", 256): (32, 16, 8, 2, 128),
+_TILES = {
+    # sm_80 and everything but sm_90 (and the interpreter): the largest tiles with zero spills on sm_80
+    # under Triton 3.6 and 3.8.
+    80: {
+        ("fwd", "16", 128): (64, 64, 4, 2), ("fwd", "16", 256): (64, 64, 8, 2),
+        ("fwd", "32", 128): (32, 64, 8, 2), ("fwd", "32", 256): (16, 32, 4, 2),
+        ("dq", "16", 128): (64, 64, 8, 2), ("dq", "16", 256): (32, 64, 8, 2),
+        ("dq", "32", 128): (16, 32, 4, 2), ("dq", "32", 256): (16, 32, 8, 2, 128),
+        ("dk", "16", 128): (64, 64, 8, 2), ("dk", "16", 256): (64, 32, 8, 2),
+        ("dk", "32", 128): (32, 16, 4, 2), ("dk", "32", 256): (32, 16, 8, 2, 128),
+    },
+}
+_TILES[90] = {
+    # sm_90 (H100/H200), from the AOT rows (README, benchmarks/results/kernels.csv): 16-bit tiles of 64 rows
+    # on one warp group emit wgmma with 0 spills and 2 blocks per SM (8 warps would need <= 128 registers for
+    # 2); fp32 (3xTF32) takes wgmma where it does not spill (D = 128: the backward splits the output columns,
+    # BLOCK_DV 64), else the portable mma tiles that fit 2 blocks per SM.
+    ("fwd", "16", 128): (64, 64, 4, 3), ("fwd", "16", 256): (64, 64, 4, 2),
+    ("fwd", "32", 128): (64, 32, 4, 2), ("fwd", "32", 256): (16, 32, 4, 2),
+    ("dq", "16", 128): (64, 64, 4, 3), ("dq", "16", 256): (64, 64, 4, 2),
+    ("dq", "32", 128): (64, 16, 4, 2, 64), ("dq", "32", 256): (16, 32, 4, 2, 128),
+    ("dk", "16", 128): (64, 64, 4, 3), ("dk", "16", 256): (64, 64, 4, 2),
+    ("dk", "32", 128): (16, 64, 4, 2, 64), ("dk", "32", 256): (32, 16, 4, 2, 128),
 }
 
 # ----------------------------------------------------------------------------------------------- Triton
@@ -108,7 +123,7 @@ def _row_terms(LAB, LSE, W, C, offs, ok):
 
 
 @triton.jit(do_not_specialize=["N", "NQ", "exclude"])
-def _bwd_dq_kernel(Q, K, QU, LAB, LSE, W, C, DQ, N, NQ, D, stride_q, stride_k, stride_u, scale, exclude,
+def _bwd_dq_kernel(Q, K, QU, LAB, LSE, W, C, WS, DQ, N, NQ, D, stride_q, stride_k, stride_u, scale, exclude,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
                    BLOCK_DV: tl.constexpr):
     """dq_i = scale * sum_j (w_i p_ij - c_i y_ij) k_j, keys then queue (y = 0 there)."""
@@ -136,12 +151,13 @@ def _bwd_dq_kernel(Q, K, QU, LAB, LSE, W, C, DQ, N, NQ, D, stride_q, stride_k, s
         if BLOCK_DV < BLOCK_D:
             k = _rows(QU, offs_n, NQ, stride_u, offs_v, D)
         acc += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-    tl.store(DQ + offs_m[:, None] * stride_q + offs_v[None, :], (acc * scale).to(DQ.dtype.element_ty),
+    out = acc * (scale * tl.load(WS))
+    tl.store(DQ + offs_m[:, None] * stride_q + offs_v[None, :], out.to(DQ.dtype.element_ty),
              mask=m_ok[:, None] & (offs_v[None, :] < D))
 
 
 @triton.jit(do_not_specialize=["N", "exclude"])
-def _bwd_dk_kernel(Q, K, LAB, LSE, W, C, DK, N, D, stride_q, stride_k, scale, exclude,
+def _bwd_dk_kernel(Q, K, LAB, LSE, W, C, WS, DK, N, D, stride_q, stride_k, scale, exclude,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
                    BLOCK_DV: tl.constexpr):
     """dk_j = scale * sum_i (w_i p_ij - c_i y_ij) q_i: one program per key tile, looping over query tiles."""
@@ -163,7 +179,8 @@ def _bwd_dk_kernel(Q, K, LAB, LSE, W, C, DK, N, D, stride_q, stride_k, scale, ex
         if BLOCK_DV < BLOCK_D:
             q = _rows(Q, offs_m, N, stride_q, offs_v, D)
         acc += tl.dot(ds.to(q.dtype), q, input_precision=PREC)
-    tl.store(DK + offs_n[:, None] * stride_k + offs_v[None, :], (acc * scale).to(DK.dtype.element_ty),
+    out = acc * (scale * tl.load(WS))
+    tl.store(DK + offs_n[:, None] * stride_k + offs_v[None, :], out.to(DK.dtype.element_ty),
              mask=n_ok[:, None] & (offs_v[None, :] < D))
 
 
@@ -180,22 +197,27 @@ def _prec(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "ieee"
 
 
-def _config(name: str, d: int, dtype: torch.dtype) -> tuple[int, int, int, int, dict]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages, constexprs) shipped for kernel ``name`` at this D / dtype."""
+def _config(name: str, d: int, dtype: torch.dtype, arch: int) -> tuple[int, int, int, int, dict]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages, constexprs) shipped for kernel ``name`` at this D / dtype on
+    ``sm_<arch>`` (Hopper's own tiles on sm_90, the portable ones elsewhere and in the interpreter)."""
     bd = _block_d(d)
-    bm, bn, warps, stages, *dv = _CONFIGS[(name, _kind(dtype), bd)]
+    bm, bn, warps, stages, *dv = _TILES[90 if arch == 90 else 80][(name, _kind(dtype), bd)]
     const = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "PREC": _prec(dtype)}
     if name != "fwd":
         const["BLOCK_DV"] = dv[0] if dv else bd
     return bm, bn, warps, stages, const
 
 
-def _launch(name: str, n: int, d: int, dtype: torch.dtype, *args) -> None:
-    """Launch kernel ``name`` with its shipped config; fwd/dq programs own query tiles, dk key tiles."""
-    bm, bn, warps, stages, const = _config(name, d, dtype)
+def _launch(name: str, q: torch.Tensor, *args) -> None:
+    """Launch kernel ``name`` on ``q``'s device with the config shipped for its GPU; fwd/dq programs own query
+    tiles, dk key tiles."""
+    (n, d), dtype = q.shape, q.dtype
+    bm, bn, warps, stages, const = _config(name, d, dtype, target_arch(q.device))
     slices = const["BLOCK_D"] // const.get("BLOCK_DV", const["BLOCK_D"])
     grid = (triton.cdiv(n, bn if name == "dk" else bm), slices)
-    _ARGS[name][0][grid](*args, **const, num_warps=warps, num_stages=stages)
+    rec = Launch(f"[{name},D{const['BLOCK_D']},{TRITON_DTYPES.get(dtype, dtype)}]", _KERNELS[name], grid, args,
+                 dict(const, num_warps=warps, num_stages=stages))
+    launch(rec, q.device)
 
 
 def _triton_forward(q, k, queue, labels, scale, exclude):
@@ -203,24 +225,30 @@ def _triton_forward(q, k, queue, labels, scale, exclude):
     lse, pos, cnt = (torch.empty(n, device=q.device, dtype=torch.float32) for _ in range(3))
     qu = q if queue is None else queue
     nq = 0 if queue is None else queue.shape[0]
-    _launch("fwd", n, d, q.dtype, q, k, qu, labels, lse, pos, cnt, n, nq, d, q.stride(0),
-            k.stride(0), qu.stride(0), scale, int(exclude))
+    _launch("fwd", q, q, k, qu, labels, lse, pos, cnt, n, nq, d, q.stride(0), k.stride(0), qu.stride(0), scale,
+            int(exclude))
     return lse, pos, cnt
 
 
 def _triton_backward(q, k, queue, labels, lse, w, c, scale, exclude, need_q, need_k):
+    """fp32 dq, dk from the row weights ``w`` (``g / rows_used``) and ``c`` (``w / |P(i)|``). The kernels get
+    them divided by ``max|w|`` and multiply their fp32 sums back at the store: the ``ds`` they cast for the
+    second dot is then ~p_ij (<= 1), not ~p_ij / N, which leaves fp16's normal range at large N. The outputs
+    stay fp32 until the caller has summed dq + dk (q = k), so a 16-bit gradient is rounded once."""
     n, d = q.shape
+    w_max = w.abs().amax().clamp(min=torch.finfo(torch.float32).tiny)  # a device scalar: no sync
+    w, c = w / w_max, c / w_max
     dq = dk = None
     if need_q:
-        dq = torch.empty_like(q)
+        dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
         qu = q if queue is None else queue
         nq = 0 if queue is None else queue.shape[0]
-        _launch("dq", n, d, q.dtype, q, k, qu, labels, lse, w, c, dq, n, nq, d, q.stride(0),
-                k.stride(0), qu.stride(0), scale, int(exclude))
+        _launch("dq", q, q, k, qu, labels, lse, w, c, w_max, dq, n, nq, d, q.stride(0), k.stride(0),
+                qu.stride(0), scale, int(exclude))
     if need_k:
-        dk = torch.empty_like(k)
-        _launch("dk", n, d, q.dtype, q, k, labels, lse, w, c, dk, n, d, q.stride(0), k.stride(0),
-                scale, int(exclude))
+        dk = torch.empty(k.shape, dtype=torch.float32, device=k.device)
+        _launch("dk", q, q, k, labels, lse, w, c, w_max, dk, n, d, q.stride(0), k.stride(0), scale,
+                int(exclude))
     return dq, dk
 
 
@@ -305,7 +333,7 @@ def contrastive_loss(q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, *,
                                             bool(exclude_self), backend)
     if not return_stats:
         return loss
-    rows = torch.tensor(q.shape[0], device=q.device)
+    rows = torch.full((), q.shape[0], dtype=n_used.dtype, device=q.device)  # a fill, not a host copy
     return loss, ContrastiveStats(rows=rows, rows_used=n_used, rows_without_positive=rows - n_used)
 
 
@@ -334,31 +362,24 @@ def contrastive_loss_reference(q, k, labels, *, queue=None, tau=0.07, normalize=
                             exclude_self=exclude_self, return_stats=return_stats, backend="eager")
 
 
-# ------------------------------------------------------------------------------------------- AOT configs
-
-_ARGS = {  # argument kinds per kernel: p = pointer to input dtype, f = fp32 pointer, l = i64 pointer
-    "fwd": (_fwd_kernel, "Q:p K:p QU:p LAB:l LSE:f POS:f CNT:f N:i NQ:i D:i stride_q:i stride_k:i stride_u:i "
-                         "scale:s exclude:i"),
-    "dq": (_bwd_dq_kernel, "Q:p K:p QU:p LAB:l LSE:f W:f C:f DQ:p N:i NQ:i D:i stride_q:i stride_k:i "
-                           "stride_u:i scale:s exclude:i"),
-    "dk": (_bwd_dk_kernel, "Q:p K:p LAB:l LSE:f W:f C:f DK:p N:i D:i stride_q:i stride_k:i scale:s "
-                           "exclude:i"),
-}
+# ------------------------------------------------------------------------------------------- AOT
+_KERNELS = {"fwd": _fwd_kernel, "dq": _bwd_dq_kernel, "dk": _bwd_dk_kernel}
+SHIPPED_DIMS = (128, 256)  # embedding widths the models ship (each BLOCK_D class at a 16-divisible D)
+_PLAN_ROWS = 4096  # row counts are not specialised: any N gives the same compiled variant
 
 
-def shipped_configs(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> list[dict]:
-    """Every (kernel, BLOCK_D, dtype) the launcher can pick, as ``vpace_kernels.aot`` compile jobs.
-
-    fp16 shares the 16-bit configs of bf16 (same tiles, same register shapes); pass it in ``dtypes`` to check.
-    """
+def shipped_launches(arch: int = PLANNING_ARCH,
+                     dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> list[Launch]:
+    """The launches forward + backward make on ``sm_<arch>`` for every shipped D and ``dtypes``, recorded on
+    ``meta`` tensors through the real launch path (``vpace_kernels.aot.aot_compile_launches`` input)."""
     out = []
-    for name, kind, block_d in _CONFIGS:
-        fn, spec = _ARGS[name]
-        for dtype in (t for t in dtypes if _kind(t) == kind):
-            _, _, warps, stages, const = _config(name, block_d, dtype)
-            kinds = {"p": f"*{TRITON_DTYPES[dtype]}", "f": "*fp32", "l": "*i64", "i": "i32", "s": "fp32"}
-            sig = {a: kinds[t] for a, t in (x.split(":") for x in spec.split())}
-            sig.update(dict.fromkeys(const, "constexpr"))
-            out.append(dict(name=f"[{name},D{block_d},{TRITON_DTYPES[dtype]}]", fn=fn, signature=sig,
-                            constexprs=const, num_warps=warps, num_stages=stages))
+    with recording(arch) as launches:
+        for d in SHIPPED_DIMS:
+            for dtype in dtypes:
+                q, k, queue = (torch.empty(r, d, dtype=dtype, device="meta") for r in (_PLAN_ROWS,) * 3)
+                labels = torch.empty(_PLAN_ROWS, dtype=torch.int64, device="meta")
+                lse, _, cnt = _triton_forward(q, k, queue, labels, 1 / 0.07, True)
+                w = torch.where(cnt > 0, 1.0 / _PLAN_ROWS, 0.0)
+                _triton_backward(q, k, queue, labels, lse, w, w / cnt.clamp(min=1), 1 / 0.07, True, True, True)
+        out += launches
     return out

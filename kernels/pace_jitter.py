@@ -39,18 +39,18 @@ from .pace_jitter_spec import (
     JitterParams,
     validate,
 )
-from .utils import TRITON_DTYPES, interpreted, triton_can_run
+from .launch import PLANNING_ARCH, Launch, launch, recording, sm_count, to_device
+from .utils import TRITON_DTYPES, triton_can_run
 
 __all__ = ["JitterParams", "pace_jitter", "pace_jitter_reference", "pace_jitter_triton", "pick_backend",
-           "shipped_configs"]
+           "shipped_launches"]
 
-# Shipped launch configs (autotune does not work under the interpreter, so configs are fixed and chosen by
-# frame size). Every entry is AOT-compiled for sm80/sm90 in the tests and the benchmark.
-_CONFIGS: tuple[dict, ...] = (
-    dict(BLOCK=256, num_warps=2),
-    dict(BLOCK=1024, num_warps=4),
-    dict(BLOCK=2048, num_warps=8),
-)
+# GPU tiles: 1024 pixels, BLOCK_W the smallest of these >= the crop width (else the largest, several column
+# blocks). Programs per SM the grid aims for: 4 waves of 8 resident 4-warp programs, so a batch of a few
+# hundred frames still fills an H100 (132 SMs).
+_BLOCK_WS = (32, 64, 128)
+_TILE_PIXELS = 1024
+_PROGRAMS_PER_SM = 32
 # The op codes as Triton compile-time constants (a @triton.jit function may read only constexpr globals).
 _CONTRAST, _SATURATION, _HUE = tl.constexpr(CONTRAST), tl.constexpr(SATURATION), tl.constexpr(HUE)
 
@@ -144,102 +144,160 @@ def _apply_op(r, g, b, op, fac, mean):
     return r, g, b
 
 
+# The packed launch record (one int32 tensor, one host-to-device copy): mean[3], std[3] as fp32 bits, two
+# words of padding, then per output frame (b, t) ``_REC`` words: crop top, left, flip, apply, order[4],
+# factors[4] (fp32 bits).
+HEAD_WORDS, FRAME_WORDS = 8, 12
+_HEAD, _REC = tl.constexpr(HEAD_WORDS), tl.constexpr(FRAME_WORDS)
+
+
 @triton.jit
-def _load_tile(frames_ptr, src_base, p, mask, w, W, x0, flip):
-    y = p // w
-    x = p % w
-    x = tl.where(flip != 0, w - 1 - x, x)
-    addr = src_base + (y * W + x0 + x).to(tl.int64) * 3
-    r = tl.load(frames_ptr + addr, mask=mask, other=0).to(tl.float32) * (1.0 / 255.0)
-    g = tl.load(frames_ptr + addr + 1, mask=mask, other=0).to(tl.float32) * (1.0 / 255.0)
-    b = tl.load(frames_ptr + addr + 2, mask=mask, other=0).to(tl.float32) * (1.0 / 255.0)
-    return r, g, b
+def _frame(index_ptr, rec_ptr, f, T, F, H, W):
+    """Output frame ``f`` = (b, t): its record, apply flag and the int64 offset of its crop's top-left."""
+    r = rec_ptr + _HEAD + f * _REC
+    bi = f // T
+    src = tl.load(index_ptr + f).to(tl.int64)
+    src_base = ((bi.to(tl.int64) * F + src) * H + tl.load(r)) * W * 3
+    return r, bi, src_base, tl.load(r + 3) != 0
 
 
-# Sizes are not specialized: each new shape would otherwise compile again (alignment hints do not help the
-# stride-3 RGB gathers), and the tests and benchmarks run many shapes.
-@triton.jit(do_not_specialize=["F", "H", "W", "T", "h", "w"])
-def _pace_jitter_kernel(frames_ptr, index_ptr, crop_ptr, flip_ptr, apply_ptr, factors_ptr, order_ptr,
-                        mean_ptr, std_ptr, out_ptr, F, H, W, T, h, w, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)  # one program per output frame (b, t)
-    bi = pid // T
-    t = pid % T
-    src = tl.load(index_ptr + pid).to(tl.int64)
-    y0 = tl.load(crop_ptr + 2 * bi)
-    x0 = tl.load(crop_ptr + 2 * bi + 1)
-    flip = tl.load(flip_ptr + bi)
-    jitter = tl.load(apply_ptr + pid) != 0
-    src_base = ((bi.to(tl.int64) * F + src) * H + y0) * W * 3
-    n = h * w
-    offs = tl.arange(0, BLOCK)
+@triton.jit
+def _tile(tile, n_cb, h, w, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Rows x columns of crop tile ``tile`` (row-major over ``n_cb`` column blocks): no per-pixel div/mod."""
+    rb = tile // n_cb
+    y = rb * ROWS + tl.arange(0, ROWS)
+    x = (tile - rb * n_cb) * BLOCK_W + tl.arange(0, BLOCK_W)
+    return y, x, (y[:, None] < h) & (x[None, :] < w)
 
-    # Pass 1: gray mean of the frame as it is when contrast runs (after the ops preceding it).
-    o0 = tl.load(order_ptr + pid * 4)
-    o1 = tl.load(order_ptr + pid * 4 + 1)
-    o2 = tl.load(order_ptr + pid * 4 + 2)
-    n_before = tl.where(o0 == _CONTRAST, 0, tl.where(o1 == _CONTRAST, 1, tl.where(o2 == _CONTRAST, 2, 3)))
+
+@triton.jit
+def _load_rgb(frames_ptr, src_base, r, y, x, mask, W, w):
+    """The tile's pixels of the (flipped) crop as three fp32 planes in 0..1."""
+    xs = tl.load(r + 1) + tl.where(tl.load(r + 2) != 0, w - 1 - x, x)
+    addr = src_base + (y[:, None] * W + xs[None, :]).to(tl.int64) * 3
+    red = tl.load(frames_ptr + addr, mask=mask, other=0).to(tl.float32) * (1.0 / 255.0)
+    green = tl.load(frames_ptr + addr + 1, mask=mask, other=0).to(tl.float32) * (1.0 / 255.0)
+    blue = tl.load(frames_ptr + addr + 2, mask=mask, other=0).to(tl.float32) * (1.0 / 255.0)
+    return red, green, blue
+
+
+@triton.jit
+def _ops(red, green, blue, r, first, last, mean):
+    """This frame's ops ``first`` .. ``last - 1`` in its order (a runtime loop: one copy of the op code)."""
+    for k in range(first, last):
+        op = tl.load(r + 4 + k)
+        fac = tl.load(r + 8 + op).to(tl.float32, bitcast=True)
+        red, green, blue = _apply_op(red, green, blue, op, fac, mean)
+    return red, green, blue
+
+
+# Programs: (output frame, slice of its tiles), so a batch fills the GPU however few frames it has. The gray
+# mean contrast blends with needs the whole frame, so it is a first launch of per-slice partial sums (fixed
+# order: deterministic). Only the crop width is specialised (16-divisible widths give 16-byte output stores).
+@triton.jit(do_not_specialize=["F", "H", "W", "T", "h", "n_cb", "n_tiles", "S"])
+def _gray_sum_kernel(frames_ptr, index_ptr, rec_ptr, part_ptr, F, H, W, T, h, w, n_cb, n_tiles, S,
+                     ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+    f = tl.program_id(0)
+    s = tl.program_id(1)
+    r, _bi, src_base, jitter = _frame(index_ptr, rec_ptr, f, T, F, H, W)
+    total = tl.zeros([], dtype=tl.float32)
+    if jitter:  # the gray level after the ops that precede contrast in this frame's order
+        o0, o1, o2 = tl.load(r + 4), tl.load(r + 5), tl.load(r + 6)
+        n_before = tl.where(o0 == _CONTRAST, 0, tl.where(o1 == _CONTRAST, 1, tl.where(o2 == _CONTRAST, 2, 3)))
+        acc = tl.zeros([ROWS, BLOCK_W], dtype=tl.float32)
+        for i in range(n_tiles):
+            y, x, mask = _tile(s * n_tiles + i, n_cb, h, w, ROWS, BLOCK_W)
+            red, green, blue = _load_rgb(frames_ptr, src_base, r, y, x, mask, W, w)
+            red, green, blue = _ops(red, green, blue, r, 0, n_before, 0.0)
+            acc += tl.where(mask, _gray(red, green, blue), 0.0)
+        total = tl.sum(tl.sum(acc, axis=1), axis=0)
+    tl.store(part_ptr + f * S + s, total)
+
+
+@triton.jit(do_not_specialize=["F", "H", "W", "T", "h", "n_cb", "n_tiles", "S"])
+def _pace_jitter_kernel(frames_ptr, index_ptr, rec_ptr, part_ptr, out_ptr, F, H, W, T, h, w, n_cb, n_tiles, S,
+                        ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+    f = tl.program_id(0)
+    s = tl.program_id(1)
+    r, bi, src_base, jitter = _frame(index_ptr, rec_ptr, f, T, F, H, W)
+    plane = tl.zeros([], dtype=tl.int64) + h * w  # (an AOT or JIT variant may make a size constexpr 1)
     mean = tl.zeros([], dtype=tl.float32)
     if jitter:
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, n, BLOCK):
-            p = start + offs
-            mask = p < n
-            r, g, b = _load_tile(frames_ptr, src_base, p, mask, w, W, x0, flip)
-            for k in range(n_before):  # runtime loops keep one copy of the op code (no spills, small cubin)
-                op = tl.load(order_ptr + pid * 4 + k)
-                r, g, b = _apply_op(r, g, b, op, tl.load(factors_ptr + pid * 4 + op), 0.0)
-            acc += tl.where(mask, _gray(r, g, b), 0.0)
-        mean = tl.sum(acc, axis=0) / n
-
-    # Pass 2: all ops in this frame's order, normalize, store channels-first.
-    m0, m1, m2 = tl.load(mean_ptr), tl.load(mean_ptr + 1), tl.load(mean_ptr + 2)
-    s0, s1, s2 = tl.load(std_ptr), tl.load(std_ptr + 1), tl.load(std_ptr + 2)
+        for j in range(S):
+            mean += tl.load(part_ptr + f * S + j)
+        mean = mean / plane.to(tl.float32)
     n_ops = tl.where(jitter, 4, 0)
-    plane = tl.zeros([], dtype=tl.int64) + n  # (the AOT signature may make a size constexpr 1: no .to())
-    out_base = (bi.to(tl.int64) * 3 * T + t) * plane
-    for start in range(0, n, BLOCK):
-        p = start + offs
-        mask = p < n
-        r, g, b = _load_tile(frames_ptr, src_base, p, mask, w, W, x0, flip)
-        for k in range(n_ops):
-            op = tl.load(order_ptr + pid * 4 + k)
-            r, g, b = _apply_op(r, g, b, op, tl.load(factors_ptr + pid * 4 + op), mean)
-        dst = out_ptr + out_base + p
-        ty = out_ptr.dtype.element_ty
-        tl.store(dst, ((r - m0) / s0).to(ty), mask=mask)
-        tl.store(dst + T * plane, ((g - m1) / s1).to(ty), mask=mask)
-        tl.store(dst + 2 * T * plane, ((b - m2) / s2).to(ty), mask=mask)
+    norm = rec_ptr  # mean[3], std[3] head of the record
+    m0 = tl.load(norm).to(tl.float32, bitcast=True)
+    m1 = tl.load(norm + 1).to(tl.float32, bitcast=True)
+    m2 = tl.load(norm + 2).to(tl.float32, bitcast=True)
+    s0 = tl.load(norm + 3).to(tl.float32, bitcast=True)
+    s1 = tl.load(norm + 4).to(tl.float32, bitcast=True)
+    s2 = tl.load(norm + 5).to(tl.float32, bitcast=True)
+    out_base = (bi.to(tl.int64) * 3 * T + (f - bi * T)) * plane
+    ty = out_ptr.dtype.element_ty
+    for i in range(n_tiles):
+        y, x, mask = _tile(s * n_tiles + i, n_cb, h, w, ROWS, BLOCK_W)
+        red, green, blue = _load_rgb(frames_ptr, src_base, r, y, x, mask, W, w)
+        red, green, blue = _ops(red, green, blue, r, 0, n_ops, mean)
+        dst = out_ptr + out_base + (y[:, None] * w + x[None, :])
+        tl.store(dst, ((red - m0) / s0).to(ty), mask=mask)
+        tl.store(dst + T * plane, ((green - m1) / s1).to(ty), mask=mask)
+        tl.store(dst + 2 * T * plane, ((blue - m2) / s2).to(ty), mask=mask)
 
 
-def _pick_config(h: int, w: int) -> dict:
-    """Smallest shipped config whose tile loop runs <= 4 times; under the interpreter one tile per frame
-    (each interpreted op costs ~0.1 ms whatever its size, so fewer, larger tiles are much faster)."""
-    n = h * w
-    if interpreted(_pace_jitter_kernel):
-        return dict(BLOCK=min(triton.next_power_of_2(n), 1 << 16), num_warps=4)
-    for cfg in _CONFIGS:
-        if n <= 4 * cfg["BLOCK"]:
-            return cfg
-    return _CONFIGS[-1]
+def _pack(params: JitterParams, mean_t: Tensor, std_t: Tensor) -> Tensor:
+    """The launch record of validated CPU params (layout above) as one int32 CPU tensor."""
+    B, T = params.apply.shape
+    head = torch.zeros(HEAD_WORDS, dtype=torch.int32)
+    head[:6] = torch.cat([mean_t, std_t]).view(torch.int32)
+    per_frame = torch.cat([params.crop_yx.int()[:, None].expand(B, T, 2), params.flip.int()[:, None, None]
+                           .expand(B, T, 1), params.apply.int()[..., None], params.order.int(),
+                           params.factors.contiguous().view(torch.int32)], dim=-1)
+    return torch.cat([head, per_frame.reshape(-1)])
+
+
+def _plan(frames: int, h: int, w: int, device: torch.device, config: dict | None) -> dict:
+    """Tile shape, programs per frame and warps: ``config`` (``BLOCK_W``, ``ROWS``, ``num_warps``, optional
+    ``n_tiles``) if given; under the interpreter one tile per frame (each interpreted op costs ~0.1 ms
+    whatever its size); on a GPU 1024-pixel tiles, and enough programs per frame for ``_PROGRAMS_PER_SM``
+    programs on each SM of the device."""
+    if config is None and device.type == "cpu":
+        bw = triton.next_power_of_2(w)
+        config = dict(BLOCK_W=bw, ROWS=min(triton.next_power_of_2(h), max(1, (1 << 16) // bw)), num_warps=4)
+    if config is None:
+        bw = next((b for b in _BLOCK_WS if b >= w), _BLOCK_WS[-1])
+        config = dict(BLOCK_W=bw, ROWS=_TILE_PIXELS // bw, num_warps=4)
+    n_cb = triton.cdiv(w, config["BLOCK_W"])
+    tiles = triton.cdiv(h, config["ROWS"]) * n_cb
+    per_frame = min(tiles, triton.cdiv(sm_count(device) * _PROGRAMS_PER_SM, max(frames, 1)))
+    n_tiles = config.get("n_tiles") or triton.cdiv(tiles, per_frame)
+    return dict(config, n_cb=n_cb, n_tiles=n_tiles, S=triton.cdiv(tiles, n_tiles))
 
 
 def pace_jitter_triton(frames: Tensor, index_map: Tensor, params: JitterParams, mean_t: Tensor, std_t: Tensor,
                        out_dtype: torch.dtype, config: dict | None = None) -> Tensor:
-    """Launch the kernel on arguments ``validate`` accepted (``mean_t``/``std_t`` are its return values);
-    ``config`` (``BLOCK``, ``num_warps``) overrides the one picked by frame size."""
+    """Launch the kernels on arguments ``validate`` accepted (CPU ``params``, ``mean_t``/``std_t`` its return
+    values): the record goes to the device in one non-blocking copy and nothing is read back. ``config``
+    (``BLOCK_W``, ``ROWS``, ``num_warps``[, ``n_tiles``]) overrides the planned tiles."""
     B, F, H, W, _ = frames.shape
     T = index_map.shape[1]
     h, w = params.crop_hw
-    out = torch.empty(B, 3, T, h, w, dtype=out_dtype, device=frames.device)
+    dev = frames.device
+    out = torch.empty(B, 3, T, h, w, dtype=out_dtype, device=dev)
     if out.numel() == 0:
         return out
-    i32 = dict(dtype=torch.int32, device=frames.device)
-    p = params
-    cfg = config or _pick_config(h, w)
-    small = [t.to(**i32).contiguous() for t in (index_map, p.crop_yx, p.flip, p.apply)]
-    _pace_jitter_kernel[(B * T,)](
-        frames.contiguous(), *small, p.factors.to(frames.device).contiguous(), p.order.to(**i32).contiguous(),
-        mean_t, std_t, out, F, H, W, T, h, w, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"])
+    plan = _plan(B * T, h, w, dev, config)
+    rec = to_device(_pack(params, mean_t, std_t), dev)
+    part = torch.empty(B * T * plan["S"], dtype=torch.float32, device=dev)
+    sizes = (F, H, W, T, h, w, plan["n_cb"], plan["n_tiles"], plan["S"])
+    common = (frames.contiguous(), index_map.to(torch.int32).contiguous(), rec, part)
+    meta = dict(ROWS=plan["ROWS"], BLOCK_W=plan["BLOCK_W"], num_warps=plan["num_warps"])
+    name = f"{h}x{w} {TRITON_DTYPES[out_dtype]}"
+    grid = (B * T, plan["S"])
+    if bool(params.apply.any()):  # (a CPU tensor: no sync) without jitter no frame needs its gray mean
+        launch(Launch(f"[gray_sum {h}x{w}]", _gray_sum_kernel, grid, (*common, *sizes), meta), dev)
+    launch(Launch(f"[pace_jitter {name}]", _pace_jitter_kernel, grid, (*common, out, *sizes), meta), dev)
     return out
 
 
@@ -255,32 +313,52 @@ def pace_jitter(frames: torch.Tensor, index_map: torch.Tensor, params: JitterPar
     ``backend=None`` picks: CUDA tensors -> "triton"; CPU tensors -> "cpu" (the C kernel, falling back to
     "eager" when no C compiler works), or "triton" when Triton's interpreter is active (``TRITON_INTERPRET=1``
     before import; slow). "eager" (batched torch) runs on any device.
-    ``mean``/``std`` default to 0 / 1 (no normalization). Input preprocessing: no autograd.
+    ``params`` belong on the CPU, where ``vpace.augment.sample_params`` draws them: they are validated there
+    and reach the GPU in one non-blocking copy, so the Triton path never waits for the GPU (params on a device
+    are copied back first, which does). ``mean``/``std`` default to 0 / 1. Input preprocessing: no autograd.
     """
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
-    params = params.to(frames.device) if isinstance(frames, torch.Tensor) else params
+    if not isinstance(params, JitterParams):
+        raise ValueError(f"params: expected a JitterParams record, got {type(params).__name__}")
+    params = params.to("cpu")
     mean_t, std_t = validate(frames, index_map, params, mean, std, out_dtype)
     backend = backend or pick_backend(frames)
     if backend == "triton":
-        if not triton_can_run(frames, _pace_jitter_kernel):
+        if not triton_can_run(frames, _pace_jitter_kernel) and frames.device.type != "meta":
             raise ValueError("backend: 'triton' needs CUDA tensors or TRITON_INTERPRET=1 set before import")
         return pace_jitter_triton(frames, index_map, params, mean_t, std_t, out_dtype)
     if backend == "eager":
         return pace_jitter_eager(frames, index_map, params, mean_t, std_t, out_dtype)
-    if frames.is_cuda:
+    if frames.device.type != "cpu":
         raise ValueError(f"backend: 'cpu' is the CPU path, but frames are on {frames.device}")
     return pace_jitter_cpu(frames, index_map, params, mean_t, std_t, out_dtype)
 
 
-def shipped_configs(dtypes: tuple[torch.dtype, ...] = OUT_DTYPES) -> list[dict]:
-    """Every (launch config, out dtype) the launcher can pick, as ``vpace_kernels.aot`` compile jobs."""
-    sig = {"frames_ptr": "*u8", "index_ptr": "*i32", "crop_ptr": "*i32", "flip_ptr": "*i32",
-           "apply_ptr": "*i32", "factors_ptr": "*fp32", "order_ptr": "*i32", "mean_ptr": "*fp32",
-           "std_ptr": "*fp32", "out_ptr": None}
-    sig.update({k: "i32" for k in ("F", "H", "W", "T", "h", "w")})
-    sig["BLOCK"] = "constexpr"
-    return [dict(name=f"[BLOCK={cfg['BLOCK']},{TRITON_DTYPES[dt]}]", fn=_pace_jitter_kernel,
-                 signature={**sig, "out_ptr": f"*{TRITON_DTYPES[dt]}"}, constexprs={"BLOCK": cfg["BLOCK"]},
-                 num_warps=cfg["num_warps"], num_stages=3)
-            for cfg in _CONFIGS for dt in dtypes]
+# (B, F = T, H, W, crop) the project ships: the paper's 112 from 128x171 and S3D-G's 224 from 256x340, plus
+# the smaller crops of the tests' and tuning's configs (the other tile widths).
+SHIPPED_SHAPES = ((30, 16, 128, 171, 112), (64, 16, 256, 340, 224), (8, 8, 64, 80, 56), (8, 8, 36, 44, 32))
+
+
+def shipped_launches(arch: int = PLANNING_ARCH, dtypes: tuple[torch.dtype, ...] = (torch.float32,
+                                                                                    torch.bfloat16)) -> list:
+    """The launches ``pace_jitter`` makes on ``sm_<arch>`` for the shipped shapes and ``dtypes`` (the paper's
+    two sizes in each; the small crops in the first), recorded on ``meta`` tensors through the real path."""
+    out = []
+    with recording(arch) as launches:
+        for i, (b, f, hh, ww, crop) in enumerate(SHIPPED_SHAPES):
+            for dtype in dtypes if i < 2 else dtypes[:1]:
+                frames = torch.empty(b, f, hh, ww, 3, dtype=torch.uint8, device="meta")
+                index_map = torch.empty(b, f, dtype=torch.int64, device="meta")
+                pace_jitter(frames, index_map, _planning_params(b, f, crop), out_dtype=dtype, backend="triton")
+        out += {rec.name: rec for rec in launches}.values()  # (the gray sums do not depend on the out dtype)
+    return out
+
+
+def _planning_params(b: int, t: int, crop: int) -> JitterParams:
+    """A valid record with every frame jittered (both launches run)."""
+    factors = torch.ones(b, t, 4)
+    factors[..., HUE] = 0.0
+    return JitterParams(crop_yx=torch.zeros(b, 2, dtype=torch.int32), crop_hw=(crop, crop),
+                        flip=torch.zeros(b, dtype=torch.bool), apply=torch.ones(b, t, dtype=torch.bool),
+                        factors=factors, order=torch.arange(4, dtype=torch.int32).repeat(b, t, 1))

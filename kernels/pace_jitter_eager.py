@@ -50,10 +50,12 @@ def _ops(x: torch.Tensor, order: list[int], fac: torch.Tensor) -> torch.Tensor:
 
 def pace_jitter_eager(frames: Tensor, index_map: Tensor, params: JitterParams, mean_t: Tensor, std_t: Tensor,
                       out_dtype: torch.dtype) -> Tensor:
-    """The op in plain torch on the frames' device, on arguments ``validate`` accepted."""
+    """The op in plain torch on the frames' device, on arguments ``validate`` accepted (params and mean/std
+    are moved there: a baseline, it reads values back freely)."""
     B, T = index_map.shape
     h, w = params.crop_hw
     dev = frames.device
+    params, mean_t, std_t = params.to(dev), mean_t.to(dev), std_t.to(dev)
     x = torch.empty(B, T, h, w, 3, dtype=torch.uint8, device=dev)
     for b, ((y0, x0), flip) in enumerate(zip(params.crop_yx.tolist(), params.flip.tolist(), strict=True)):
         crop = frames[b, :, y0:y0 + h, x0:x0 + w]

@@ -20,7 +20,7 @@ import torch
 from .utils import describe
 
 __all__ = ["BACKENDS", "BRIGHTNESS", "CONTRAST", "HUE", "OPS", "OUT_DTYPES", "SATURATION", "JitterParams",
-           "validate"]
+           "validate", "validate_params"]
 
 # Op codes: the values of ``JitterParams.order`` and the index of each op's factor in ``factors[..., op]``.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -54,24 +54,50 @@ class JitterParams:
 
 def validate(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams, mean, std,
              out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check every argument and return (mean, std) as float32 tensors of shape (3,) on the frames' device.
+    """Check every argument and return (mean, std) as float32 CPU tensors of shape (3,).
 
-    Raises ValueError naming the bad argument. Reads index_map / order / crop values (one sync on GPU):
-    out-of-range values would otherwise be silent out-of-bounds reads.
+    Raises ValueError naming the bad argument. Parameter values are checked on the CPU (:func:`validate_params`;
+    params on a device are copied back first, a sync: ``vpace.augment.sample_params`` draws them on the
+    CPU). ``index_map`` lives with the frames: on the CPU its values are checked here, on CUDA by a device-side
+    assert that reads nothing back (a bad value fails the next synchronisation with this message), on
+    ``meta`` not at all. Out-of-range values would otherwise be silent out-of-bounds reads.
     """
     if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8:
         raise ValueError(f"frames: expected a uint8 tensor, got {describe(frames)}")
     if frames.ndim != 5 or frames.shape[-1] != 3:
         raise ValueError(f"frames: expected shape [B, F, H, W, 3], got {tuple(frames.shape)}")
     B, F, H, W, _ = frames.shape
-    if index_map.dtype not in (torch.int32, torch.int64) or index_map.ndim != 2 or index_map.shape[0] != B:
+    if (not isinstance(index_map, torch.Tensor) or index_map.dtype not in (torch.int32, torch.int64)
+            or index_map.ndim != 2 or index_map.shape[0] != B):
         raise ValueError(f"index_map: expected int32/int64 [B={B}, T], got {describe(index_map)}")
-    T = index_map.shape[1]
-    if index_map.numel() and (int(index_map.min()) < 0 or int(index_map.max()) >= F):
-        raise ValueError(f"index_map: values must be in [0, {F}) (F unique frames), got "
-                         f"[{int(index_map.min())}, {int(index_map.max())}]")
+    if index_map.device != frames.device:
+        raise ValueError(f"index_map: on {index_map.device}, frames on {frames.device}")
+    if index_map.numel():
+        lo, hi = index_map.min(), index_map.max()
+        what = f"index_map: values must be in [0, {F}) (F unique frames)"
+        if index_map.device.type == "cpu":
+            if int(lo) < 0 or int(hi) >= F:
+                raise ValueError(f"{what}, got [{int(lo)}, {int(hi)}]")
+        else:
+            torch._assert_async((lo >= 0) & (hi < F), what)
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype: expected one of {OUT_DTYPES}, got {out_dtype}")
+    validate_params(params if params.crop_yx.device.type == "cpu" else params.to("cpu"), B, index_map.shape[1],
+                    H, W)
+    mean_t = torch.as_tensor((0.0, 0.0, 0.0) if mean is None else mean, dtype=torch.float32).flatten().cpu()
+    std_t = torch.as_tensor((1.0, 1.0, 1.0) if std is None else std, dtype=torch.float32).flatten().cpu()
+    if mean_t.numel() != 3 or not bool(torch.isfinite(mean_t).all()):
+        raise ValueError(f"mean: expected 3 finite values, got {mean}")
+    if std_t.numel() != 3 or not bool(torch.isfinite(std_t).all()) or bool((std_t <= 0).any()):
+        raise ValueError(f"std: expected 3 finite positive values, got {std}")
+    return mean_t, std_t
+
+
+def validate_params(params: JitterParams, B: int, T: int, H: int, W: int) -> None:
+    """Shapes, dtypes and values of a parameter record for B clips of T frames cropped from H x W frames.
+
+    Reads values, so it is meant for CPU tensors (where they are drawn): no device is involved.
+    """
     h, w = params.crop_hw
     if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
         raise ValueError(f"params.crop_hw: expected two positive ints, got {params.crop_hw}")
@@ -93,15 +119,5 @@ def validate(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams
         if not bool((params.order.sort(dim=-1).values == ref).all()):
             raise ValueError("params.order: every [b, t] row must be a permutation of 0..3")
         f = params.factors
-        bad = (~torch.isfinite(f)).any() | (f[..., :HUE] < 0).any() | (f[..., HUE].abs() > 0.5).any()
-        if bool(bad):
+        if bool((~torch.isfinite(f)).any() | (f[..., :HUE] < 0).any() | (f[..., HUE].abs() > 0.5).any()):
             raise ValueError("params.factors: brightness/contrast/saturation must be >= 0, hue in [-.5, .5]")
-    mean = (0.0, 0.0, 0.0) if mean is None else mean
-    std = (1.0, 1.0, 1.0) if std is None else std
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten().to(frames.device)
-    std_t = torch.as_tensor(std, dtype=torch.float32).flatten().to(frames.device)
-    if mean_t.numel() != 3 or not bool(torch.isfinite(mean_t).all()):
-        raise ValueError(f"mean: expected 3 finite values, got {mean}")
-    if std_t.numel() != 3 or not bool(torch.isfinite(std_t).all()) or bool((std_t <= 0).any()):
-        raise ValueError(f"std: expected 3 finite positive values, got {std}")
-    return mean_t, std_t

@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from vpace.config import Config, ConfigError, load_config, parse_fraction_list
+from vpace.config import Config, ConfigError, load_config, pace_set_field
 
 
 def test_defaults_are_the_papers_recipe() -> None:
@@ -28,7 +28,7 @@ def test_yaml_round_trip_and_overrides(tmp_path) -> None:
 
 
 def test_fraction_list_is_exact_and_sorted() -> None:
-    assert parse_fraction_list("3, 1/3,1/2,1,2", "f") == tuple(map(Fraction, ["1/3", "1/2", "1", "2", "3"]))
+    assert pace_set_field("3, 1/3,1/2,1,2", "f") == tuple(map(Fraction, ["1/3", "1/2", "1", "2", "3"]))
 
 
 @pytest.mark.parametrize(

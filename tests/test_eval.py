@@ -19,7 +19,7 @@ from vpace.data import load_index
 from vpace.eval.attention_maps import activation_attention, attention
 from vpace.eval.embedding import embed
 from vpace.eval.features import ClipSpec, center_clips, clip_batches
-from vpace.eval.finetuning import FINETUNE_LR, FinetuneTask, finetune, finetune_config
+from vpace.eval.finetuning import FINETUNE_LR, finetune, finetune_config, finetune_spec
 from vpace.eval.loading import load_model
 from vpace.eval.probes import knn_classify, linear_probe
 from vpace.eval.report import applicable_benchmarks, write_report
@@ -28,7 +28,9 @@ from vpace.eval.retrieval import retrieve
 from vpace.eval.speed_segments import segment_starts, speed
 from vpace.models import build_backbone
 from vpace.objectives.heads import PaceModel
-from vpace.train.checkpoint import export_backbone, module_prefix, save_checkpoint
+from vpace.train.checkpoint import save_checkpoint
+from vpace.train.export import export_backbone, module_prefix
+from vpace.train.step import trainable
 
 SMALL = {"clip_len": 8, "height": 64, "width": 85}  # the smoke config's sizes: seconds on 2 cores
 CROP = 56
@@ -292,12 +294,12 @@ def test_finetune_task_starts_from_the_checkpoint(pace_run, tmp_path) -> None:
     assert cfg.run.name.startswith("finetune-pretrained-")
     assert finetune_config(None, init=None, backbone="s3d_g", data="x", storage=str(tmp_path), lr=None,
                            epochs=None, overrides=()).optim.lr == FINETUNE_LR["s3d_g"] == 0.01
-    task = FinetuneTask(str(pace_run), num_classes=7)
-    model = task.setup(cfg, torch.device("cpu"))
+    spec = finetune_spec(str(pace_run), num_classes=7)
+    model = spec.build_model(cfg)
     ref = load_model(pace_run).backbone.state_dict()
     assert all(torch.equal(ref[k], v) for k, v in model.backbone.state_dict().items())
-    assert model.fc.weight.shape == (7, 128) and task.backbone() is model.backbone
-    assert [p for p in task.parameters()] == list(model.parameters())
+    assert model.fc.weight.shape == (7, 128) and spec.name == "finetune"
+    assert trainable(model) == list(model.parameters())  # the whole classifier is trained
 
 
 # The cheapest setting that still beats chance by a margin: at the default fine-tune lr (3e-3), 12 epochs gave

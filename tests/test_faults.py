@@ -23,14 +23,8 @@ from conftest import n_train, tiny
 from vpace.eval.loading import file_digest
 from vpace.models import build_backbone
 from vpace.objectives.heads import PaceModel
-from vpace.train.checkpoint import (
-    CheckpointError,
-    SkippedCheckpointWarning,
-    export_backbone,
-    module_prefix,
-    save_checkpoint,
-)
-from vpace.train.pretrain_task import PretrainTask
+from vpace.train.checkpoint import CheckpointError, SkippedCheckpointWarning, save_checkpoint
+from vpace.train.export import export_backbone, module_prefix
 
 SMOKE_SETS = ["data.epoch_size=null", "data.clip_len=8", "data.height=48", "data.width=64", "augment.crop=32",
               "scale.min_workers=1", "scale.max_workers=1"]
@@ -87,6 +81,27 @@ def test_set_value_that_is_not_yaml_is_one_line_naming_the_field(assignment, say
     line = _one_line(proc.stderr)
     assert proc.returncode == 2 and line.startswith(f"vpace pretrain: error: config field '{field}': ")
     assert says in line
+
+
+@pytest.mark.parametrize("storage, says", [
+    ("/proc/vpace", "is not a writable folder"),  # a parent that cannot hold a new folder
+    ("/proc/vpace/runs/deeper", "is not a writable folder"),  # missing parents that cannot be created
+    ("hdfs://nohost:9000/runs", "refused a probe write"),  # a URI whose file system refuses the probe
+])
+def test_unusable_run_storage_is_one_line_before_ray_starts(storage, says, synth, tmp_path):
+    """`run.storage` is probed with a real write before Ray starts: one line naming the field, exit 2, and no
+    Ray session was ever created (Ray makes its session folder under $RAY_TMPDIR on start)."""
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    env.pop("RAY_ADDRESS", None)
+    proc = _cli("pretrain", "--config", "smoke", "--set", f"data.index={synth}", "--set", f"run.storage={storage}",
+                env=env)
+    line = _one_line(proc.stderr)
+    assert proc.returncode == 2 and line.startswith("vpace pretrain: error: config field 'run.storage': ")
+    assert storage in line and says in line
+    assert not any(ray_tmp.iterdir())  # no Ray process ever started
+    assert not Path("/proc/vpace").exists()
 
 
 def test_cli_user_error_is_one_line_and_debug_shows_its_traceback(tmp_path, capsys):
@@ -215,29 +230,20 @@ def _snapshot(run: Path) -> dict:
     return json.loads((run / "checkpoint_manager_snapshot.json").read_text())
 
 
-class _CountingTask(PretrainTask):
-    """Pre-training that appends a line to `log` whenever a worker starts an attempt."""
-
-    def __init__(self, log: str) -> None:
-        super().__init__()
-        self.log = log
-
-    def setup(self, cfg, device):
-        with open(self.log, "a") as f:
-            f.write("attempt\n")
-        return super().setup(cfg, device)
-
-
 @pytest.mark.slow
 def test_resume_skips_a_broken_latest_checkpoint_and_refuses_a_hostile_only_one(local_ray, synth, tmp_path):
+    import dataclasses
+
+    import fault_gates
     from ray import cloudpickle
     from ray.train import ControllerError
 
+    from vpace.paths import resolve_paths
     from vpace.train import pretrain
     from vpace.train.launch import build_trainer
-    from vpace.train.task import resolve_paths
+    from vpace.train.pretraining import PRETRAIN
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    cloudpickle.register_pickle_by_value(fault_gates)  # workers cannot import the tests' modules
     # (1) two registered checkpoints, the latest broken after the fact -> resume from the older one
     sets = ["scale.min_workers=1", "scale.max_workers=1", "scale.checkpoint_every=2", "optim.epochs=100",
             "data.epoch_size=64", "data.num_workers=0"]  # 8 steps per epoch: checkpoints at even steps only
@@ -265,16 +271,18 @@ def test_resume_skips_a_broken_latest_checkpoint_and_refuses_a_hostile_only_one(
     _write_hostile(run / "checkpoint_00000002" / "state.pt", marker)
     before = (run / "checkpoint_manager_snapshot.json").read_bytes()
     cfg.optim.max_steps = 4
+    counting = dataclasses.replace(PRETRAIN,
+                                   build_model=fault_gates.CountAttempts(PRETRAIN.build_model, attempts))
     with pytest.raises(CheckpointError, match=r"checkpoint_00000002: state\.pt refused") as err:
         from vpace.train import run_task
 
-        run_task(_CountingTask(str(attempts)), cfg)
+        run_task(counting, cfg)
     assert "weights_only" not in str(err.value) and not attempts.exists()  # no worker ever started
 
     # (3) the same run handed to Ray Train directly (as after a checkpoint broken mid-run, or on remote
     # storage the driver does not pre-check): the worker's CheckpointError ends the run, no retry
     with pytest.raises(ControllerError) as err:
-        build_trainer(_CountingTask(str(attempts)), resolve_paths(cfg)).fit()
+        build_trainer(counting, resolve_paths(cfg)).fit()
     assert isinstance(err.value.controller_failure, CheckpointError)
     assert attempts.read_text().splitlines() == ["attempt"]  # max_failures=2, yet one attempt only
     assert not marker.exists() and (run / "checkpoint_manager_snapshot.json").read_bytes() == before

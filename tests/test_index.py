@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from vpace.data.index import (
+    INDEX_FILE,
     IndexFormatError,
     VideoEntry,
     VideoIndex,
@@ -109,6 +110,28 @@ def test_ucf101_split_files(tmp_path):
     assert names(load_quiet(annot / "classInd.txt")) == names(index)  # the annotation file works too
     with pytest.raises(FileNotFoundError, match="trainlist03"):
         load_index(tmp_path, split_id=3)
+
+
+def test_index_records_the_files_and_lines_it_read(tmp_path):
+    """What `vpace prepare` rewrites for its copy: the format, the annotation files, each line's video."""
+    annot = make_ucf(tmp_path.resolve())
+    (annot.parent / "Biking" / "v_B_g09_c01.avi").unlink()
+    with pytest.warns(UserWarning):
+        index = load_index(tmp_path)
+    train, test = str(annot / "trainlist01.txt"), str(annot / "testlist01.txt")
+    assert (index.kind, index.annotations) == ("ucf101", [str(annot / "classInd.txt"), train, test])
+    video = str(annot.parent / "{}").format
+    assert index.lines == [(train, 1, video("ApplyEyeMakeup/v_A_g08_c01.avi")),
+                           (train, 2, video("Biking/v_B_g08_c01.avi")), (train, 3, None),
+                           (test, 1, video("ApplyEyeMakeup/v_A_g01_c01.avi")),
+                           (test, 2, video("Biking/v_B_g01_c01.avi"))]
+
+
+def test_a_folder_holding_a_saved_index_is_that_index(tmp_path):
+    make_ucf(tmp_path / "data")
+    index = load_quiet(tmp_path / "data")
+    save_index(index, tmp_path / "frozen" / INDEX_FILE)
+    assert load_quiet(tmp_path / "frozen") == index and load_quiet(tmp_path / "frozen").kind == "json"
 
 
 def test_ucf101_official_layout(tmp_path):

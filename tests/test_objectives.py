@@ -12,7 +12,7 @@ import torch
 from vpace.config import PaceConfig, load_config
 from vpace.data.pace import sample_indices
 from vpace.models import build_backbone
-from vpace.objectives import PaceModel, build_objective, pace_objective
+from vpace.objectives import PaceModel, build_objective, metric_values, pace_objective
 
 T, HW = 8, 32
 
@@ -66,7 +66,9 @@ def test_eq4_is_the_weighted_sum_of_eq1_and_eq2_3(mode, lam_cls, lam_ctr):
     video_id[-1] = 99  # a clip without a same-video partner: no positive under same_context
     pace = torch.randint(0, m, (n_vid * n,), generator=g)
     cfg = PaceConfig(lambda_cls=lam_cls, lambda_ctr=lam_ctr, ctr_mode=mode, tau=0.2)
-    loss, metrics = pace_objective({"logits": logits, "z": z, "feat": None}, pace, video_id, cfg)
+    loss, pairs = pace_objective({"logits": logits, "z": z, "feat": None}, pace, video_id, cfg)
+    metrics = metric_values(pairs)  # per-step metrics: (value, 1)
+    assert all(float(c) == 1 for _, c in pairs.values())
     ce = _ce_eq1(logits, pace)
     ctr_on = mode != "none" and lam_ctr > 0
     ctr, empty = _ctr_eq23(z, video_id if mode == "same_context" else pace, cfg.tau) if ctr_on else (0.0, 0)
@@ -78,8 +80,7 @@ def test_eq4_is_the_weighted_sum_of_eq1_and_eq2_3(mode, lam_cls, lam_ctr):
     assert metrics["rows_without_positive"] == empty
     if mode == "same_context" and ctr_on:
         assert empty == 2  # the lone clip and the partner it left behind
-    acc = (logits.argmax(1) == pace).float().mean().item()
-    assert metrics["pace_acc"] == pytest.approx(acc)
+    assert "pace_acc" not in metrics  # counted once, per clip, by pace_tallies
     # gradients of Eq. 4 = the lambda-weighted gradients of the terms (eager float64 reference)
     loss.backward()
     lg, zg = logits.detach().double().requires_grad_(), z.detach().double().requires_grad_()
@@ -146,10 +147,10 @@ def test_objective_interface_and_state_dict_roundtrip(method):
     labels = [0, 0, 1] if method == "rspnet" else [0, 1]
     meta = {"pace_label": torch.tensor(labels * 2), "video_id": torch.tensor([3, 3, 3, 5, 5, 5][: 2 * n]
                                                                             if n == 3 else [3, 3, 5, 5])}
-    loss, metrics = loss_fn(model(clips), meta)
+    loss, pairs = loss_fn(model(clips), meta)
     loss.backward()
-    model.after_optimizer_step()
-    assert all(isinstance(v, float) for v in metrics.values())
+    assert all(isinstance(s, torch.Tensor) and isinstance(c, torch.Tensor) for s, c in pairs.values())
+    metrics = metric_values(pairs)
     assert metrics["loss"] == pytest.approx(loss.item())
     state = model.state_dict()
     if method == "rspnet":
@@ -179,10 +180,9 @@ def overfit(model, loss_fn, clips: torch.Tensor, meta: dict, steps: int,
         opt.zero_grad()
         loss.backward()
         opt.step()
-        model.after_optimizer_step()
         if after_step is not None:
             after_step()
-        hist.append(metrics)
+        hist.append(metric_values(metrics))
     return hist
 
 
@@ -249,38 +249,35 @@ def test_pace_head_beats_twice_chance_on_synthetic_clips():
 
 
 @pytest.mark.parametrize("method", ["pace_ctr", "rspnet"])
-def test_pretrain_task_step_is_model_plus_loss_plus_tallies(method, coded_tree):
-    """loop -> task -> model + loss on a real decoded batch; the checkpoint keys are the model's own."""
-    from vpace.data.pace import pace_metric_name
+def test_pretrain_step_is_model_plus_loss_plus_tallies(method, coded_tree):
+    """loop -> spec -> model + loss on a real decoded batch; the checkpoint keys are the model's own."""
+    from vpace.data.pace import pace_metric_name, parse_pace_set
     from vpace.eval.loading import BACKBONE_PREFIXES
-    from vpace.train.checkpoint import module_prefix
-    from vpace.train.pretrain_task import PretrainTask
+    from vpace.train.export import module_prefix
+    from vpace.train.pretraining import PRETRAIN
 
     cfg = load_config(data={"method": method, "model": {"backbone": "r21d_tiny"}, "augment": {"crop": 32},
                             "data": {"index": str(coded_tree), "split": "all", "clip_len": T, "height": 48,
                                      "width": 64, "epoch_size": 6}, "rspnet": {"queue_size": 16}})
     torch.manual_seed(0)
-    task = PretrainTask()
-    net = task.setup(cfg, torch.device("cpu"))
-    batch = task.collate([task.dataset(cfg)[i] for i in range(6)])  # a1 40, a2 9, b1 60 frames, twice
-    loss, metrics = task.step(batch, torch.Generator().manual_seed(0))
+    net = PRETRAIN.build_model(cfg).train()
+    batch = PRETRAIN.collate([PRETRAIN.dataset(cfg)[i] for i in range(6)])  # a1 40, a2 9, b1 60 frames, twice
+    loss, metrics = PRETRAIN.forward_loss(net, batch, torch.Generator().manual_seed(0), cfg)
     loss.backward()
-    task.after_optimizer_step()
 
+    paces = parse_pace_set(cfg.rspnet.speeds if method == "rspnet" else cfg.pace.paces)
     labels, wrapped = batch["pace_label"].flatten(), batch["wrapped"].flatten()
     assert wrapped.any() and not wrapped.all()  # the 9-frame video loops, the others mostly fit
-    for k, p in enumerate(task.paces):
+    for k, p in enumerate(paces):
         pair = metrics[f"wrap_frac/{pace_metric_name(p)}"]
-        assert pair.tolist() == [float((wrapped & (labels == k)).sum()), float((labels == k).sum())]
-    assert metrics["wrap_frac"].tolist() == [float(wrapped.sum()), float(len(labels))]
-    assert isinstance(metrics["loss"], float) and metrics["loss"] == pytest.approx(loss.item())
-    if method == "rspnet":  # no pace classifier: wrap counts only
+        assert [float(x) for x in pair] == [float((wrapped & (labels == k)).sum()), float((labels == k).sum())]
+    assert [float(x) for x in metrics["wrap_frac"]] == [float(wrapped.sum()), float(len(labels))]
+    assert [float(x) for x in metrics["loss"]] == [pytest.approx(loss.item()), 1.0]
+    if method == "rspnet":  # no pace classifier: wrap counts only; the forward enqueued the 6 k_neg keys
         assert not any(k.startswith("pace_acc") for k in metrics) and int(net.queue.ptr) == 6
     else:
-        hits = sum(metrics[f"pace_acc/{pace_metric_name(p)}"][0] for p in task.paces)
-        assert metrics["pace_acc"].tolist() == [float(hits), float(len(labels))]  # exact, not a step mean
-    state, root = task.state_dict(), task.state_root()
-    assert state.keys() == net.state_dict().keys() and root is net
-    prefix = module_prefix(root, task.backbone())
+        hits = sum(float(metrics[f"pace_acc/{pace_metric_name(p)}"][0]) for p in paces)
+        assert [float(x) for x in metrics["pace_acc"]] == [hits, float(len(labels))]  # exact, not a step mean
+    prefix = module_prefix(net, net.backbone)
     assert prefix == ("encoder_q.backbone." if method == "rspnet" else "backbone.")
     assert prefix in BACKBONE_PREFIXES  # what evaluation looks for: checkpoints stay loadable

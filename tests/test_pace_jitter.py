@@ -11,12 +11,12 @@ import pytest
 import torch
 import torchvision.transforms.v2 as T2
 import torchvision.transforms.v2.functional as TF
-from conftest import on_devices
+from conftest import HAS_CUDA, NO_CUDA, on_devices
+from test_aot import aot_or_skip
 
 from vpace.config import KINETICS_MEAN, KINETICS_STD
 from vpace_kernels import pace_jitter as PJ
 from vpace_kernels import pace_jitter_cpu as PJC
-from vpace_kernels.aot import aot_compile_configs
 from vpace_kernels.pace_jitter_spec import JitterParams, validate
 
 MEAN, STD = KINETICS_MEAN, KINETICS_STD
@@ -57,21 +57,22 @@ def _err(out, ref):
 
 
 def _run(device, backend, frames, index_map, params, out_dtype=torch.float32, config=None):
-    """The op on ``device`` (output moved back to the CPU); ``config``: a Triton launch config to force."""
-    frames, index_map, params = frames.to(device), index_map.to(device), params.to(device)
+    """The op on ``device`` with params on the CPU, where they are drawn (output moved back to the CPU);
+    ``config``: a Triton tiling to force."""
+    frames, index_map = frames.to(device), index_map.to(device)
     if config is None:
         out = PJ.pace_jitter(frames, index_map, params, MEAN, STD, out_dtype, backend=backend)
     else:
         mean_t, std_t = validate(frames, index_map, params, MEAN, STD, out_dtype)
         out = PJ.pace_jitter_triton(frames, index_map, params, mean_t, std_t, out_dtype, config)
-    assert out.device.type == device
+    assert out.device == torch.device(device)
     return out.cpu()
 
 
-def _launch_configs() -> list[dict]:
-    """The shipped (BLOCK, num_warps) launch configs, smallest first."""
-    configs = {(c["constexprs"]["BLOCK"], c["num_warps"]) for c in PJ.shipped_configs()}
-    return [dict(BLOCK=b, num_warps=w) for b, w in sorted(configs)]
+# Forced tilings: several programs per frame (each summing a slice of the gray mean), several tiles per
+# program, column blocks narrower than the crop; the interpreter runs the first (it is slow per program).
+TILINGS = [dict(BLOCK_W=32, ROWS=16, num_warps=4, n_tiles=2), dict(BLOCK_W=16, ROWS=8, num_warps=2, n_tiles=1),
+           dict(BLOCK_W=64, ROWS=4, num_warps=4, n_tiles=3)]
 
 
 # ----------------------------------------------------------------------------------------- reference itself
@@ -109,16 +110,29 @@ def test_matches_reference_odd_sizes_repeats_flip(device, backend):
 
 
 @pytest.mark.parametrize("device, backend", on_devices(cpu=("triton",), cuda=("triton",)))
-def test_shipped_launch_configs(device, backend):
-    """Multi-tile launches: on CUDA every shipped config for fp32 and bf16 out; under the interpreter (slow)
-    the smallest (256-pixel tiles: 8 tiles per 37x53 frame in both passes), fp32."""
+def test_several_programs_per_frame(device, backend):
+    """Frames split over programs (and column blocks, and tiles per program): the gray mean summed from
+    per-slice partials gives the reference. CUDA: every tiling in fp32 and bf16 out; the interpreter (slow
+    per program): the first tiling, fp32 (3 programs per frame, 2 tiles each, 2 column blocks)."""
     frames, index_map, p = _case(T=3, seed=8)
     ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)
     cuda = device == "cuda"
     dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
-    for cfg, dt in itertools.product(_launch_configs() if cuda else _launch_configs()[:1], dtypes):
+    for cfg, dt in itertools.product(TILINGS if cuda else TILINGS[:1], dtypes):
         out = _run(device, backend, frames, index_map, p, dt, config=cfg)
         assert _err(out, ref) <= (TOL if dt == torch.float32 else _half_tol(ref, dt)), (cfg, dt)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason=NO_CUDA if not HAS_CUDA else
+                    "needs 2 GPUs: tensors on cuda:1 while cuda:0 is current")
+def test_launches_on_the_frames_device():
+    """Frames on cuda:1 while cuda:0 is current: the kernels run on cuda:1 (its device guard) and match."""
+    torch.cuda.set_device(0)
+    frames, index_map, p = _case(seed=13)
+    ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)
+    assert _err(_run("cuda:1", "triton", frames, index_map, p), ref) <= TOL
+    assert torch.cuda.current_device() == 0
 
 
 @pytest.mark.parametrize("device, backend", BACKENDS)
@@ -304,14 +318,20 @@ def test_bad_backend():
 
 
 # ----------------------------------------------------------------------------------------- real GPU code
-def test_every_shipped_config_compiles_for_sm80_and_sm90():
-    """AOT (no GPU needed): every config -> PTX + cubin for sm80/sm90 (half outputs: sm90), zero register
-    spills. ``make bench`` records all config x dtype x arch combinations."""
-    rows = aot_compile_configs(PJ.shipped_configs(dtypes=(torch.float32,)), archs=(80, 90))
-    rows += aot_compile_configs(PJ.shipped_configs(dtypes=(torch.bfloat16, torch.float16)), archs=(90,))
-    assert len(rows) == len(_launch_configs()) * 4
-    warps = {c["name"]: c["num_warps"] for c in PJ.shipped_configs()}
-    for name, arch, res in rows:
-        assert res.cubin[:4] == b"\x7fELF" and ".entry _pace_jitter_kernel" in res.ptx, (name, arch)
-        assert res.spill_bytes == 0, (name, arch, res.registers)
-        assert res.registers <= 255 and res.num_warps == warps[name]
+@pytest.mark.parametrize("arch", [80, 90])
+def test_launched_variants_compile_for_sm80_and_sm90(arch):
+    """AOT (no GPU needed) of what runs: the launches of the shipped shapes (fp32 and bf16 out at the paper's
+    sizes), recorded on meta tensors and compiled with the JIT's specialisation -> PTX + cubin, zero spills;
+    the 16-divisible crop widths store 16-byte vectors; at the paper's batch (30 x 16 frames of 112x112) the
+    grid is at least a full wave of resident programs on the GPU planned for (132 SMs on sm_90)."""
+    launches = PJ.shipped_launches(arch)
+    assert {rec.name.split()[0] for rec in launches} == {"[gray_sum", "[pace_jitter"}
+    for rec, _, res in aot_or_skip(launches, arch):
+        assert res.cubin[:4] == b"\x7fELF" and f".entry {getattr(rec.fn, 'fn', rec.fn).__name__}" in res.ptx, rec.name
+        assert res.spill_bytes == 0 and res.num_warps == rec.kwargs["num_warps"], (rec.name, res.registers)
+        crop = int(rec.name.split()[1].split("x")[1].rstrip("]"))
+        if rec.name.startswith("[pace_jitter") and crop % 16 == 0:
+            assert "st.global.v4" in res.ptx, rec.name
+        if "112x112" in rec.name:
+            programs = rec.grid[0] * rec.grid[1]
+            assert rec.grid[0] == 30 * 16 and programs >= {80: 108, 90: 132}[arch] * res.blocks_per_sm

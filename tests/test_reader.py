@@ -173,3 +173,16 @@ def test_decord_import_leaves_torch_cpu_blas_alone(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     err, frames = proc.stdout.split()
     assert float(err) < 1e-3 and int(frames) == 12
+
+
+def test_quiet_decord_drops_only_decords_own_log_lines(capfd):
+    """Output written to fd 2 while decord runs is passed on, less decord's `[hh:mm:ss] file.cc:N:` lines."""
+    import os
+
+    from vpace.data.reader import _quiet_decord
+
+    with _quiet_decord():
+        os.write(2, b"[12:00:00] /project/src/video/video_reader.cc:86: ERROR opening: x.mp4\nanother line\n")
+        with _quiet_decord():  # nested (threads decoding at once share one redirection)
+            os.write(2, b"[12:00:01] /src/runtime/ndarray.h:3: x\n")
+    assert capfd.readouterr().err == "another line\n"

@@ -18,7 +18,7 @@ from vpace.data.index import VideoEntry, VideoIndex
 from vpace.data.pace import sample_indices
 from vpace.data.rsp import RSPClipDataset, sample_rsp_clips
 from vpace.models import build_backbone
-from vpace.objectives import KeyQueue, build_rspnet, rspnet_objective
+from vpace.objectives import KeyQueue, build_rspnet, metric_values, rspnet_objective
 
 T, HW = 8, 32
 
@@ -109,26 +109,30 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     # (a) the bare queue: uneven per-rank batch sizes (one empty), four steps so the ring wraps
+    # once with the sizes gathered first, once padded to a capacity all ranks know (no read-back)
     q = KeyQueue(7, 3, generator=torch.Generator().manual_seed(0))
+    q_fixed = KeyQueue(7, 3, generator=torch.Generator().manual_seed(0))
     for step, n in enumerate(DDP_SIZES):
         keys = 100 * rank + 10 * step + torch.arange(n[rank], dtype=torch.float32)[:, None].expand(-1, 3)
         q.enqueue(keys)
+        q_fixed.enqueue(keys, capacity=3)
     # (b) a full RSPNet step with the query encoder in DDP; each rank feeds different videos
     torch.manual_seed(0)  # same init on both ranks, as DDP expects
-    net, loss_fn = build_rspnet(build_backbone("r21d_tiny"), RSPNetConfig(queue_size=16, momentum=0.9))
+    net, loss_fn = build_rspnet(build_backbone("r21d_tiny"), RSPNetConfig(queue_size=16, momentum=0.9),
+                                batch_size=4)  # 2 videos per rank: keys gathered at a fixed size of 4 // 2 + 1
     ddp = torch.nn.parallel.DistributedDataParallel(net)  # the whole model, as the train loop wraps it
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
     g = torch.Generator().manual_seed(1 + rank)
     clips = torch.randn(2 * 3, 3, T, HW, HW, generator=g)
     meta = {"pace_label": torch.tensor([0, 0, 1, 1, 1, 0]),
             "video_id": torch.tensor([0, 0, 0, 1, 1, 1]) + 2 * rank}
-    loss, _ = loss_fn(ddp(clips), meta)
+    loss, _ = loss_fn(ddp(clips), meta)  # the forward EMA-updates the key encoder and enqueues
     loss.backward()
     opt.step()
-    # this rank's k_neg keys, recomputed independently (the key encoder is updated only below)
+    # this rank's k_neg keys, recomputed independently (the key encoder changes only in the next forward)
     my_keys = net.keys(clips.view(2, 3, *clips.shape[1:])[:, 2])["a"]
-    net.after_optimizer_step()
-    torch.save({"queue": q.state_dict(), "rsp_queue": net.queue.state_dict(), "my_keys": my_keys,
+    torch.save({"queue": q.state_dict(), "queue_fixed": q_fixed.state_dict(),
+                "rsp_queue": net.queue.state_dict(), "my_keys": my_keys,
                 "q_params": [p.detach().clone() for p in net.encoder_q.parameters()],
                 "k_params": [p.detach().clone() for p in net.encoder_k.parameters()]},
                f"{out_dir}/rank{rank}.pt")
@@ -143,8 +147,9 @@ def test_ddp_queue_gathers_all_workers_keys(tmp_path):
                for s, n in enumerate(DDP_SIZES) for r in range(2)]
     ref_keys, ref_ptr, _ = _queue_reference(7, batches)
     for r in (r0, r1):
-        assert int(r["queue"]["ptr"]) == ref_ptr == (5 + 3 + 3 + 1) % 7
-        torch.testing.assert_close(r["queue"]["keys"], ref_keys, rtol=0, atol=0)
+        for name in ("queue", "queue_fixed"):
+            assert int(r[name]["ptr"]) == ref_ptr == (5 + 3 + 3 + 1) % 7
+            torch.testing.assert_close(r[name]["keys"], ref_keys, rtol=0, atol=0)
     # (b) RSPNet: identical queues holding [rank 0's k_neg keys, rank 1's], identical (synced) encoders
     assert torch.equal(r0["rsp_queue"]["keys"], r1["rsp_queue"]["keys"])
     assert int(r0["rsp_queue"]["ptr"]) == int(r1["rsp_queue"]["ptr"]) == 4
@@ -190,21 +195,23 @@ def test_momentum_encoder_is_never_touched_by_the_optimizer():
     pairs = zip(enc_q.parameters(), enc_k.parameters(), strict=True)
     assert all(a.data_ptr() != b.data_ptr() for a, b in pairs)  # a deep copy, not shared storage
     clips, meta = _rsp_batch(_videos(4, 40, 0), "1,2", 0)
-    for _ in range(2):
+    for step in range(3):
         k_before = [p.detach().clone() for p in enc_k.parameters()]
-        loss, _ = loss_fn(net(clips), meta)
+        q_before = [p.detach().clone() for p in enc_q.parameters()]
+        out = net(clips)  # a training forward first EMA-updates the key encoder (moco's order)
+        changed = 0
+        for pk, pq, b in zip(enc_k.parameters(), q_before, k_before, strict=True):
+            assert torch.equal(pk, m * b + (1 - m) * pq)  # exactly the EMA of the last step's weights
+            changed += not torch.equal(pk, b)
+        assert changed > 0 or step == 0  # (at step 0 both encoders still hold the same weights)
+        k_after = [p.detach().clone() for p in enc_k.parameters()]
+        loss, _ = loss_fn(out, meta)
         opt.zero_grad()
         loss.backward()
         opt.step()
         assert all(p.grad is None for p in enc_k.parameters())
-        for p, b in zip(enc_k.parameters(), k_before, strict=True):
+        for p, b in zip(enc_k.parameters(), k_after, strict=True):
             assert torch.equal(p, b)  # the optimizer step left the key encoder alone
-        net.after_optimizer_step()
-        changed = 0
-        for pk, pq, b in zip(enc_k.parameters(), enc_q.parameters(), k_before, strict=True):
-            assert torch.equal(pk, m * b + (1 - m) * pq.detach())  # exactly the EMA, nothing else
-            changed += not torch.equal(pk, b)
-        assert changed > 0
 
 
 def test_rspnet_loss_matches_the_formula():
@@ -227,6 +234,7 @@ def test_rspnet_loss_matches_the_formula():
         for key in ("pa", "na"):
             pos = math.exp(float(unit["qa"][i] @ unit[key][i]) / cfg.tau)
             avid -= math.log(pos / (pos + negs)) / b
+    metrics = metric_values(metrics)
     assert metrics["loss_rsp"] == pytest.approx(rsp, rel=1e-9)
     assert metrics["loss_avid"] == pytest.approx(avid, rel=1e-9)
     assert float(loss) == pytest.approx(cfg.weight_a * avid + cfg.weight_m * rsp, rel=1e-9)

@@ -18,8 +18,9 @@ from conftest import decode_indices, write_coded_video
 from vpace.data import PaceClipDataset, VideoEntry, VideoIndex
 from vpace.data.pace import draw_start, pace_metric_name
 from vpace.data.rsp import RSPClipDataset, sample_rsp_clips
-from vpace.objectives import pace_tallies
-from vpace.train.loop import Flusher, LoopState, _epoch_row
+from vpace.objectives import pace_tallies, per_step
+from vpace.train.metrics import Window, epoch_row
+from vpace.train.state import LoopState
 
 PACES = ("1/3", "1/2", "1", "2", "3", "4", "6")
 LENGTHS = (1, 2, 5, 10, 15, 16, 17, 30, 31, 46, 50, 61, 62, 91, 100, 150, 250)
@@ -214,16 +215,18 @@ def _batch(rank: int, step: int, paces: int) -> tuple[torch.Tensor, torch.Tensor
 
 def _flush_worker(rank: int, world: int, init_file: str, out_dir: str, paces: list[str]) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    fl, st = Flusher(torch.device("cpu")), LoopState()
+    fl, st = Window(torch.device("cpu")), LoopState()
     pace_set = [Fraction(p) for p in paces]
     windows = []
     for step in range(4):
         labels, wrapped, logits = _batch(rank, step, len(paces))
-        metrics = {"loss": float(step + rank), **pace_tallies(labels, wrapped, pace_set, logits)}
-        fl.add(metrics if step != 2 or rank == 0 else {}, 1, 12, 0)  # step 2 of rank 1: an all-broken batch
+        loss = torch.tensor(float(step + rank))
+        metrics = {**per_step({"loss": loss}), **pace_tallies(labels, wrapped, pace_set, logits)}
+        weight = 0.0 if step == 2 and rank == 1 else 1.0  # step 2 of rank 1: an all-broken batch, replayed
+        fl.add(step + 1, loss, metrics, weight, videos=weight * 6, clips=weight * 12)
         if step % 2 == 1:
-            windows.append(fl.flush(st))
-    torch.save({"windows": windows, "epoch": _epoch_row(st, 0, 0.1, world)}, f"{out_dir}/flush{rank}.pt")
+            windows.append(fl.flush(st, rank, world))
+    torch.save({"windows": windows, "epoch": epoch_row(st, 0.1, world)}, f"{out_dir}/flush{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -261,7 +264,8 @@ def test_tallies_without_a_classifier_count_wraps_only():
     labels, wrapped = torch.tensor([0, 1, 1, 0, 1]), torch.tensor([False, True, False, False, True])
     t = pace_tallies(labels, wrapped, [Fraction(1), Fraction(2)])
     assert set(t) == {"wrap_frac", "wrap_frac/p1", "wrap_frac/p2"}
-    assert t["wrap_frac/p2"].tolist() == [2.0, 3.0] and t["wrap_frac"].tolist() == [2.0, 5.0]
+    assert [float(x) for x in t["wrap_frac/p2"]] == [2.0, 3.0]  # (hits, clips)
+    assert [float(x) for x in t["wrap_frac"]] == [2.0, 5.0]
     assert pace_metric_name(Fraction(1, 3)) == "p1_3" and pace_metric_name(Fraction(6)) == "p6"
 
 

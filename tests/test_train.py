@@ -21,8 +21,8 @@ from vpace.config import Config, ConfigError, OptimConfig
 from vpace.data.reader import BrokenVideoError
 from vpace.train import export_backbone, pretrain
 from vpace.train.checkpoint import load_state, read_meta, save_checkpoint
-from vpace.train.loop import StepSchedule, maybe_inject_fault
 from vpace.train.sampler import ElasticBatchSampler, epoch_permutation, step_bounds
+from vpace.train.step import StepSchedule
 
 # ------------------------------------------------------------------------------------------------ units
 
@@ -82,17 +82,6 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     state = load_state(path)  # torch.load(weights_only=True)
     assert state["step"] == 5 and torch.equal(state["model"]["w"], torch.ones(3))
     assert read_meta(path)["step"] == 5
-
-
-def test_injected_fault_fires_once_per_run_and_only_on_rank_0(tmp_path):
-    cfg = Config()
-    cfg.run.storage, cfg.run.name, cfg.run.fail_at_step = str(tmp_path), "f", 4
-    maybe_inject_fault(cfg, 3, rank=0)  # other steps and other ranks: nothing
-    maybe_inject_fault(cfg, 4, rank=1)
-    with pytest.raises(RuntimeError, match="injected fault at step 4"):
-        maybe_inject_fault(cfg, 4, rank=0)
-    maybe_inject_fault(cfg, 4, rank=0)  # the retry that redoes step 4 must get through
-    assert (tmp_path / "f" / ".vpace_fault_injected_step4").exists()
 
 
 # ---------------------------------------------------------------------------------------- bad configs
@@ -177,9 +166,9 @@ def _assert_per_pace_metrics(cfg: Config, rows: list[dict], run: Path) -> None:
     from vpace.eval.report import write_report
     from vpace.eval.results import pct
     from vpace.eval.speed_segments import pace_accuracy
-    from vpace.train.pretrain_task import PretrainTask
+    from vpace.train.pretraining import PRETRAIN
 
-    ds = PretrainTask().dataset(cfg)
+    ds = PRETRAIN.dataset(cfg)
     lengths = {}
     for e in load_index(cfg.data.index).split("train").entries:
         try:
@@ -221,14 +210,31 @@ def _assert_per_pace_metrics(cfg: Config, rows: list[dict], run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_fault_injection_redoes_at_most_one_interval_and_rerun_resumes(local_ray, synth, tmp_path):
+def test_killed_worker_redoes_at_most_one_interval_and_rerun_resumes(local_ray, synth, tmp_path):
+    """Rank 0's worker process is SIGKILLed inside step 7 (held there by a test-only `forward_loss`): the run
+    resumes from the checkpoint of step 6 and finishes; the same command then continues it."""
+    import dataclasses
+    import threading
+
+    import fault_gates
+    from ray import cloudpickle
+
+    from vpace.train import run_task
+    from vpace.train.pretraining import PRETRAIN
+
+    cloudpickle.register_pickle_by_value(fault_gates)  # workers cannot import the tests' modules
     every, fail_at, total = 3, 7, 10
     base = ("scale.max_failures=1", f"scale.checkpoint_every={every}", "optim.epochs=20")  # exactly 1 failure
-    cfg = tiny(synth, tmp_path, "fault", *base, f"optim.max_steps={total}", f"run.fail_at_step={fail_at}",
-               "run.fail_mode=exit")  # os._exit(1) in rank 0: the worker process dies
-    res = pretrain(cfg)
+    cfg = tiny(synth, tmp_path, "fault", *base, f"optim.max_steps={total}")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    held = fault_gates.HoldAtStep(PRETRAIN.forward_loss, fail_at, gate)
+    spec = dataclasses.replace(PRETRAIN, forward_loss=held)
+    killer = threading.Thread(target=fault_gates.kill_held, args=(gate, lambda: True), daemon=True)
+    killer.start()
+    res = run_task(spec, cfg)
+    assert (gate / "held").exists() and not killer.is_alive()  # the fault did fire
     assert res.metrics["step"] == total
-    assert (Path(res.run_dir) / f".vpace_fault_injected_step{fail_at}").exists()  # the fault did fire
     attempts = res.history["attempts"]
     assert attempts[0] == {"start_step": 0, "world_size": 2} and len(attempts) == 2
     redone = fail_at - attempts[1]["start_step"]

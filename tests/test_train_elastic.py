@@ -7,6 +7,7 @@ epoch still covers every video exactly once, and the lr follows the actual globa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -18,21 +19,21 @@ import pytest
 from conftest import n_train, ray_env, tiny
 
 from vpace.train import run_task
-from vpace.train.pretrain_task import PretrainTask
+from vpace.train.pretraining import PRETRAIN
 
 CKPT_EVERY = 2
 
 
-class GatedPretrainTask(PretrainTask):
-    """Real pre-training that holds a worker group once it has checkpointed, while the test still has to
-    change the cluster under that group (file `hold_world<N>` in `gates` exists): the run cannot end before
-    the shrink and the grow-back, however slow the machine. A held worker just sleeps until Ray Train ends
-    its group (node removed, or a resize)."""
+class GatedForwardLoss:
+    """Real pre-training whose step holds a worker group once it has checkpointed, while the test still has
+    to change the cluster under that group (file `hold_world<N>` in `gates` exists): the run cannot end
+    before the shrink and the grow-back, however slow the machine. A held worker just sleeps until Ray Train
+    ends its group (node removed, or a resize)."""
 
     def __init__(self, gates: Path) -> None:
         self.gates, self.steps_this_attempt = str(gates), 0
 
-    def step(self, batch, generator):
+    def __call__(self, model, batch, generator, cfg):
         import torch.distributed as dist
 
         self.steps_this_attempt += 1
@@ -40,7 +41,7 @@ class GatedPretrainTask(PretrainTask):
             gate = Path(self.gates) / f"hold_world{dist.get_world_size() if dist.is_initialized() else 1}"
             while gate.exists():
                 time.sleep(0.2)
-        return super().step(batch, generator)
+        return PRETRAIN.forward_loss(model, batch, generator, cfg)
 
 
 def _checkpoints(run_dir: Path) -> list[tuple[int, int]]:
@@ -88,7 +89,8 @@ def test_elastic_shrink_then_grow_back(no_ray, synth, tmp_path, ray_tmpdir, monk
 
     def fit() -> None:
         try:
-            out["result"] = run_task(GatedPretrainTask(gates), cfg, resize_interval_s=2.0)
+            out["result"] = run_task(dataclasses.replace(PRETRAIN, forward_loss=GatedForwardLoss(gates)), cfg,
+                                     resize_interval_s=2.0)
         except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
             out["error"] = e
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import matplotlib.image
 import pytest
 from conftest import write_broken_videos, write_coded_video
@@ -59,3 +61,13 @@ def test_verify_lists_dangling_links_and_folders_with_their_reason(coded_tree, t
     assert reasons[str(root / "a" / "gone.mp4")].startswith("dangling symbolic link")
     assert reasons[str(root / "b" / "x.mp4")] == "a folder, not a video file"
     assert f"BROKEN {root / 'b' / 'x.mp4'}: a folder, not a video file" in report.format()
+
+
+def test_decord_log_lines_stay_off_stderr(broken_videos, capfd):
+    """decord prints `[hh:mm:ss] .../video_reader.cc:86: ERROR opening: ...` straight to fd 2 for a file it
+    cannot open; verify-data's own BROKEN line names the file and reason, so that line must not show too."""
+    index = VideoIndex([VideoEntry(str(p)) for p in broken_videos.values()], [], "")
+    report = verify_index(index, progress=False)
+    assert report.num_broken == len(broken_videos)
+    err = capfd.readouterr().err
+    assert not re.search(r"\[\d\d:\d\d:\d\d\] \S+\.(cc|h|cpp):\d+", err), err

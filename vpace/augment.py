@@ -6,7 +6,7 @@ with torchvision's sampling (factors uniform in ``[max(0, 1 - x), 1 + x]``, hue 
 order per frame). ``per_frame=False`` draws one jitter per clip (the paper's ablation). The record is applied
 by :func:`vpace_kernels.pace_jitter.pace_jitter` (Triton on GPU, its CPU path otherwise), so the same draw
 can be replayed through the eager torchvision reference. The ranges are checked where config validation
-checks them (``vpace.config_validate.augment_problem``).
+checks them (``vpace.config.augment_problem``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from vpace.config import KINETICS_MEAN, KINETICS_STD, AugmentConfig
-from vpace.config_validate import augment_problem
+from vpace.config import augment_problem
 from vpace_kernels.pace_jitter import JitterParams, pace_jitter
 
 __all__ = ["sample_params", "center_params", "augment"]

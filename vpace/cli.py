@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from vpace.bars import mark_terminal
+
 Handler = Callable[[argparse.Namespace], int | None]
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -84,6 +86,25 @@ def _cmd_verify_data(a: argparse.Namespace) -> int:
     report = verify_index(index)
     print(report.format())
     return 1 if report.broken else 0
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    """argparse type: ``HxW`` (e.g. 128x171) as ``(height, width)``."""
+    h, sep, w = text.lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 128x171, got {text!r}")
+    return int(h), int(w)
+
+
+def _cmd_prepare(a: argparse.Namespace) -> int:
+    from vpace.data.transcode import TranscodeSettings
+    from vpace.prepare import prepare
+
+    given = {"short_side": a.short_side, "size": a.size, "gop": a.gop, "crf": a.crf}
+    settings = TranscodeSettings(**{k: v for k, v in given.items() if v is not None})  # else its defaults
+    report = prepare(a.index, a.out, settings, address=a.address)
+    print(report.format())
+    return 1 if report.failed else 0
 
 
 def _cmd_inspect_clip(a: argparse.Namespace) -> int:
@@ -245,6 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="data folder, UCF101/HMDB51 split dir, Kinetics CSV or index JSON")
     p.add_argument("--split-id", type=int, default=1)
 
+    p = _add(sub, "prepare", "write a training-ready copy of a video set (H.264 at the training size, a "
+             "keyframe every --gop frames, the same frames and layout; one Ray task per video; a re-run "
+             "resumes); exit status 1 if a video could not be copied", _cmd_prepare)
+    p.add_argument("index", help="data folder, UCF101/HMDB51 split dir, Kinetics CSV or index JSON")
+    p.add_argument("out", help="output folder, laid out like the source: then use --set data.index=OUT")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--short-side", type=_int_at_least(2), default=None,
+                      help="scale to this short side, keeping the aspect ratio (default 128)")
+    size.add_argument("--size", type=_frame_size, default=None, metavar="HxW",
+                      help="scale to exactly this size, e.g. 128x171 (= data.height x data.width: no rescale "
+                           "when training)")
+    p.add_argument("--gop", type=_positive_int, default=None, help="a keyframe every N frames (default 16)")
+    p.add_argument("--crf", type=_count, default=None, help="x264 quality, 0 (lossless) .. 51 (default 23)")
+    p.add_argument("--address", default=None, help="run the tasks on a Ray cluster ('auto'); default: local "
+                   "Ray on this machine's CPUs (every node must see INDEX and OUT)")
+
     p = _add(sub, "inspect-clip", "write a PNG contact sheet of the frames a pace samples", _cmd_inspect_clip)
     p.add_argument("video")
     p.add_argument("--pace", default="1", type=_pace, help="pace, e.g. 2 or 1/2 (default 1)")
@@ -369,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     warnings.formatwarning = _format_warning
+    mark_terminal()  # a local Ray's workers inherit it: their forwarded bars print live when we are watched
     try:
         return int(args._handler(args) or 0)
     except KeyboardInterrupt:

@@ -3,7 +3,9 @@
 Steps (each reused on a second run: the data set is idempotent, the Ray Train run resumes by name, features
 are cached by checkpoint + data digest):
 
-1. write the synthetic motion action set (or use ``--data DIR``, a UCF101/HMDB51-style folder);
+1. write the synthetic motion action set, or, for ``--data DIR`` (your own videos in any index format),
+   ``vpace prepare`` them into ``runs/data/<name>-prepared-HxW`` at the run's decode size: the workflow for
+   real video (prepare -> pre-train); broken videos are listed and left out;
 2. pre-train the tiny R(2+1)D with pace prediction + same-context contrast on an embedded local Ray;
 3. held-out evaluation on the test split: retrieval (test queries the train split) of the pre-trained
    backbone vs. a random init, and pace prediction per pace on clips that do not wrap (`vpace speed`);
@@ -58,6 +60,21 @@ def run_name(cfg: Config, quick: bool, overrides: list[str]) -> str:
     return f"{cfg.run.name}{'-quick' if quick else ''}{policy}"
 
 
+def _prepare_data(source: str, cfg: Config) -> str:
+    """Your own videos go through `vpace prepare` first (the workflow for real video: a copy at the decode
+    size with dense keyframes, see README "Data pipeline"); returns the copy's index."""
+    from vpace.data.layout import prepared_name
+    from vpace.data.transcode import TranscodeSettings
+    from vpace.prepare import prepare
+
+    h, w = cfg.data.height, cfg.data.width
+    out = Path(cfg.run.storage) / "data" / prepared_name(source, h, w)
+    print(f"           vpace prepare {source} {out} --size {h}x{w}", flush=True)
+    report = prepare(source, out, TranscodeSettings(size=(h, w)))
+    print("\n".join(f"           {line}" for line in report.format().splitlines()))
+    return report.out_index
+
+
 def _stage(n: int, title: str) -> float:
     print(f"\n[demo {n}/5] {title}", flush=True)
     return time.perf_counter()
@@ -97,8 +114,7 @@ def run_demo(*, data: str | None = None, runs: str = "runs", quick: bool = False
               f"{len(info.classes)} classes{', reused' if info.reused else ''})")
         data_index = str(info.out_dir)
     else:
-        data_index = str(Path(data).resolve())
-        print(f"           using {data_index}")
+        data_index = _prepare_data(str(Path(data).resolve()), demo_config(data, root, plan, overrides or []))
     _done(t0)
 
     cfg = demo_config(data_index, root, plan, overrides or [])

@@ -1,47 +1,48 @@
-"""Video data: index formats, decord reader, pace sampling, clip datasets, verification and contact sheets."""
+"""Video data: index formats, decord reader, pace sampling, clip datasets, verification and contact sheets.
 
-from .contact_sheet import write_contact_sheet
-from .dataset import EvalClipDataset, PaceClipDataset, collate_clips
-from .index import (
-    IndexFormatError,
-    VideoEntry,
-    VideoIndex,
-    from_folder,
-    from_hmdb51,
-    from_kinetics_csv,
-    from_ucf101,
-    load_index,
-    save_index,
-)
-from .pace import clip_span, format_pace, pace_label, parse_pace, parse_pace_set, sample_indices, wraps
-from .reader import BrokenVideoError, CachedVideoReader, VideoReader, open_video
-from .verify import VerifyReport, verify_index
+Names are imported on first use: a process that only transcodes or reads an index (a `vpace prepare` task,
+a CLI verb) does not pay for importing torch and matplotlib.
+"""
 
-__all__ = [
-    "BrokenVideoError",
-    "CachedVideoReader",
-    "EvalClipDataset",
-    "IndexFormatError",
-    "PaceClipDataset",
-    "VerifyReport",
-    "VideoEntry",
-    "VideoIndex",
-    "VideoReader",
-    "clip_span",
-    "collate_clips",
-    "format_pace",
-    "from_folder",
-    "from_hmdb51",
-    "from_kinetics_csv",
-    "from_ucf101",
-    "load_index",
-    "open_video",
-    "pace_label",
-    "parse_pace",
-    "parse_pace_set",
-    "sample_indices",
-    "save_index",
-    "verify_index",
-    "wraps",
-    "write_contact_sheet",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "write_contact_sheet": "contact_sheet",
+    "EvalClipDataset": "dataset",
+    "PaceClipDataset": "dataset",
+    "collate_clips": "dataset",
+    "IndexFormatError": "index",
+    "VideoEntry": "index",
+    "VideoIndex": "index",
+    "from_folder": "index",
+    "from_hmdb51": "index",
+    "from_kinetics_csv": "index",
+    "from_ucf101": "index",
+    "load_index": "index",
+    "save_index": "index",
+    "clip_span": "pace",
+    "format_pace": "pace",
+    "pace_label": "pace",
+    "parse_pace": "pace",
+    "parse_pace_set": "pace",
+    "sample_indices": "pace",
+    "wraps": "pace",
+    "BrokenVideoError": "reader",
+    "CachedVideoReader": "reader",
+    "VideoReader": "reader",
+    "open_video": "reader",
+    "VerifyReport": "verify",
+    "verify_index": "verify",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value

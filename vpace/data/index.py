@@ -7,8 +7,10 @@ Four on-disk formats are understood (``load_index`` detects which): (a) a folder
 collected in ``VideoIndex.missing``, and names that exist but are not files (a dangling symbolic link, a
 folder called ``x.mp4``) in ``VideoIndex.unusable`` with the reason; both are reported once (count + first
 paths) instead of failing deep inside a data loader, or being left out silently. An index in which nothing
-exists is an error. ``save_index`` / ``load_index("x.json")`` freeze an
-index so a run can be reproduced.
+exists is an error. ``save_index`` / ``load_index("x.json")`` freeze an index so a run can be reproduced;
+a folder holding ``vpace-index.json`` loads that file. An index also records its format, the annotation
+files it read and which video each annotation line resolved to (``kind``, ``annotations``, ``lines``):
+``vpace prepare`` rewrites those files for its copy.
 """
 
 from __future__ import annotations
@@ -24,18 +26,8 @@ from pathlib import Path
 
 from vpace.errors import UserError
 
-__all__ = [
-    "VIDEO_EXTENSIONS",
-    "IndexFormatError",
-    "VideoEntry",
-    "VideoIndex",
-    "from_folder",
-    "from_hmdb51",
-    "from_kinetics_csv",
-    "from_ucf101",
-    "load_index",
-    "save_index",
-]
+__all__ = ["INDEX_FILE", "VIDEO_EXTENSIONS", "IndexFormatError", "VideoEntry", "VideoIndex", "from_folder",
+           "from_hmdb51", "from_kinetics_csv", "from_ucf101", "load_index", "save_index"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
 SPLITS = ("train", "test", "val", "all")
@@ -46,8 +38,10 @@ _SPLIT_ALIASES = {
     "training": "train",
     "testing": "test",
 }
-_HMDB_RE = re.compile(r"^(?P<cls>.+)_test_split(?P<n>\d+)\.txt$")
+HMDB_SPLIT_RE = re.compile(r"^(?P<cls>.+)_test_split(?P<n>\d+)\.txt$")
+UCF_LIST_RE = re.compile(r"^(train|test)list(?P<n>\d+)\.txt$")
 _JSON_FORMAT = "vpace-index"
+INDEX_FILE = "vpace-index.json"  # a folder holding this saved index is that index (a prepared JSON index)
 _MAX_SHOWN = 5
 
 
@@ -69,6 +63,11 @@ class VideoIndex:
     root: str
     missing: list[str] = field(default_factory=list)
     unusable: list[tuple[str, str]] = field(default_factory=list)  # (path, why): there, but not a file
+    # where the index came from (not its content: two indexes of the same videos compare equal)
+    kind: str = field(default="folder", compare=False)  # folder | ucf101 | hmdb51 | kinetics | json
+    annotations: list[str] = field(default_factory=list, compare=False)  # files the index was read from
+    # (file, line number, the video it resolved to or None): the lines that listed a video
+    lines: list[tuple[str, int, str | None]] = field(default_factory=list, compare=False)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -89,7 +88,8 @@ class VideoIndex:
         entries = list(self.entries) if name == "all" else [e for e in self.entries if e.split == name]
         if not entries:
             raise UserError(f"index of {self.root} has no {name!r} videos; its splits are {self.splits}")
-        return VideoIndex(entries, list(self.classes), self.root, list(self.missing), list(self.unusable))
+        return VideoIndex(entries, list(self.classes), self.root, list(self.missing), list(self.unusable),
+                          self.kind, list(self.annotations))
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -124,10 +124,15 @@ class _Found:
         self.entries: list[VideoEntry] = []
         self.missing: list[str] = []
         self.unusable: list[tuple[str, str]] = []
+        self.lines: list[tuple[str, int, str | None]] = []
 
-    def add(self, candidates: list[Path], label: int, split: str) -> None:
-        """First candidate that is a file; else the first that is there but not a file; else missing."""
+    def add(self, candidates: list[Path], label: int, split: str, line: tuple[Path, int] | None = None
+            ) -> None:
+        """First candidate that is a file; else the first that is there but not a file; else missing.
+        ``line``: the annotation file and line that listed it."""
         found = next((c for c in candidates if c.is_file()), None)
+        if line is not None:
+            self.lines.append((str(line[0]), line[1], None if found is None else str(found)))
         if found is not None:
             self.entries.append(VideoEntry(str(found), label, split))
             return
@@ -137,7 +142,8 @@ class _Found:
         else:
             self.missing.append(str(candidates[0]))
 
-    def finish(self, classes: list[str], root: Path, what: str) -> VideoIndex:
+    def finish(self, classes: list[str], root: Path, what: str, kind: str = "folder",
+               annotations: list[Path] = ()) -> VideoIndex:
         """Build the index; warn once about missing/unusable files, fail if nothing usable exists at all."""
         problems = self.missing + [f"{p} ({why})" for p, why in self.unusable]
         if not self.entries:
@@ -151,7 +157,8 @@ class _Found:
                 f"files (see index.missing / index.unusable): {shown}",
                 stacklevel=3,
             )
-        return VideoIndex(self.entries, classes, str(root), self.missing, self.unusable)
+        return VideoIndex(self.entries, classes, str(root), self.missing, self.unusable, kind,
+                          [str(a) for a in annotations], self.lines)
 
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
@@ -227,10 +234,11 @@ def from_ucf101(root: str | Path, split_id: int = 1, annotation_dir: str | Path 
     lists = [(adir / f"{kind}list{split_id:02d}.txt", kind) for kind in ("train", "test")]
     if not any(f.is_file() for f, _ in lists):
         raise FileNotFoundError(f"split {split_id}: neither {lists[0][0]} nor {lists[1][0]} exists")
-    found = _Found()
+    found, read = _Found(), [class_file]
     for list_file, split in lists:
         if not list_file.is_file():
             continue
+        read.append(list_file)
         for n, line in _read_lines(list_file):
             parts = line.split()
             rel = parts[0]
@@ -245,8 +253,8 @@ def from_ucf101(root: str | Path, split_id: int = 1, annotation_dir: str | Path 
                 label = lookup[cls]
             else:
                 raise IndexFormatError(f"{list_file}:{n}: class folder of {rel!r} is not in {class_file}")
-            found.add([b / rel for b in bases], label, split)
-    return found.finish(classes, root, f"UCF101 split {split_id} ({adir})")
+            found.add([b / rel for b in bases], label, split, (list_file, n))
+    return found.finish(classes, root, f"UCF101 split {split_id} ({adir})", "ucf101", read)
 
 
 def from_hmdb51(root: str | Path, split_id: int = 1, annotation_dir: str | Path | None = None) -> VideoIndex:
@@ -257,7 +265,7 @@ def from_hmdb51(root: str | Path, split_id: int = 1, annotation_dir: str | Path 
     files = sorted(adir.glob(pattern)) if adir else []
     if not files:
         raise FileNotFoundError(f"no HMDB51 split files {pattern} in {root} or its sub-folders")
-    classes = sorted(_HMDB_RE.match(f.name)["cls"] for f in files)
+    classes = sorted(HMDB_SPLIT_RE.match(f.name)["cls"] for f in files)
     found = _Found()
     for ci, cls in enumerate(classes):
         split_file = adir / f"{cls}_test_split{split_id}.txt"
@@ -268,8 +276,9 @@ def from_hmdb51(root: str | Path, split_id: int = 1, annotation_dir: str | Path 
             if parts[1] == "0":
                 continue
             split = "train" if parts[1] == "1" else "test"
-            found.add([root / cls / parts[0], adir.parent / cls / parts[0], root / parts[0]], ci, split)
-    return found.finish(classes, root, f"HMDB51 split {split_id} ({adir})")
+            found.add([root / cls / parts[0], adir.parent / cls / parts[0], root / parts[0]], ci, split,
+                      (split_file, n))
+    return found.finish(classes, root, f"HMDB51 split {split_id} ({adir})", "hmdb51", files)
 
 
 def _kinetics_candidates(roots: list[Path], row: dict[str, str], split: str) -> list[Path]:
@@ -303,7 +312,7 @@ def from_kinetics_csv(csv_files: str | Path | list[str | Path], root: str | Path
             need = {"youtube_id", "time_start", "time_end"} - set(reader.fieldnames or [])
             if need:
                 raise IndexFormatError(f"{f}: missing column(s) {sorted(need)}; header: {reader.fieldnames}")
-            rows += [(f, n, row) for n, row in enumerate(reader, 2)]
+            rows += [(f, reader.line_num, row) for row in reader]  # the physical line: blank lines skipped
     classes = sorted({(r.get("label") or "").strip() for _, _, r in rows} - {""})
     lookup = {c: i for i, c in enumerate(classes)}
     found = _Found()
@@ -314,8 +323,8 @@ def from_kinetics_csv(csv_files: str | Path | list[str | Path], root: str | Path
             candidates = _kinetics_candidates(roots, row, split)
         except (TypeError, ValueError):
             raise IndexFormatError(f"{f}:{n}: bad time_start/time_end in {row}") from None
-        found.add(candidates, lookup.get(label, -1), split)
-    return found.finish(classes, root, f"Kinetics CSV {', '.join(str(f) for f in files)}")
+        found.add(candidates, lookup.get(label, -1), split, (f, n))
+    return found.finish(classes, root, f"Kinetics CSV {', '.join(str(f) for f in files)}", "kinetics", files)
 
 
 # ----------------------------------------------------------------------------------------------- JSON, auto
@@ -346,7 +355,7 @@ def _from_json(path: Path) -> VideoIndex:
         entries = [VideoEntry(str(p), int(lab), str(s)) for p, lab, s in doc["entries"]]
         unusable = [(str(p), str(why)) for p, why in doc.get("unusable", [])]
         return VideoIndex(entries, list(doc["classes"]), str(doc["root"]), list(doc.get("missing", [])),
-                          unusable)
+                          unusable, "json", [str(path.resolve())])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         if isinstance(e, IndexFormatError):
             raise
@@ -374,13 +383,15 @@ def load_index(spec: str | Path, *, split_id: int = 1) -> VideoIndex:
                     f"{path}: expected a Kinetics header label,youtube_id,time_start,time_end,split"
                 )
             return from_kinetics_csv(path)
-        if name == "classInd.txt" or re.match(r"^(train|test)list\d+\.txt$", name):
+        if name == "classInd.txt" or UCF_LIST_RE.match(name):
             return from_ucf101(path.parent, split_id, annotation_dir=path.parent)
-        if _HMDB_RE.match(name):
+        if HMDB_SPLIT_RE.match(name):
             return from_hmdb51(path.parent, split_id, annotation_dir=path.parent)
         raise IndexFormatError(
             f"{path}: unknown index file (expected .json, Kinetics .csv, classInd.txt or an HMDB split file)"
         )
+    if (path / INDEX_FILE).is_file():
+        return _from_json(path / INDEX_FILE)
     if _find_annotation_dir(path, "classInd.txt"):
         return from_ucf101(path, split_id)
     if _find_annotation_dir(path, "*_test_split*.txt"):

@@ -19,9 +19,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from vpace.config_validate import START_POLICIES
-
-PaceLike = str | int | Fraction
+from vpace.config import START_POLICIES, PaceLike, format_pace, parse_pace, parse_pace_set
 
 __all__ = [
     "PaceLike",
@@ -39,62 +37,6 @@ __all__ = [
     "unique_with_map",
     "wraps",
 ]
-
-
-def parse_pace(s: PaceLike | float) -> Fraction:
-    """Parse ``"1/3"``, ``"2"``, ``"0.5"``, ``3`` or a ``Fraction`` into an exact positive ``Fraction``.
-
-    Floats are accepted only when they are exactly a simple fraction (0.5, 0.25); ``1/3`` as a float is
-    rejected because the rounding would silently change which frames are sampled.
-    """
-    if isinstance(s, bool):
-        raise ValueError(f"invalid pace {s!r}: expected a positive number such as 2 or '1/3'")
-    if isinstance(s, Fraction):
-        p = s
-    elif isinstance(s, int | np.integer):
-        p = Fraction(int(s))
-    elif isinstance(s, float | np.floating):
-        if not np.isfinite(s) or Fraction(float(s)).denominator > 1000:
-            raise ValueError(f"invalid pace {s!r}: not an exact fraction; write it as a string, e.g. '1/3'")
-        p = Fraction(float(s))
-    elif isinstance(s, str):
-        try:
-            p = Fraction(s.replace(" ", ""))
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"invalid pace {s!r}: expected a positive number such as '2' or '1/3'") from None
-    else:
-        raise ValueError(f"invalid pace {s!r} of type {type(s).__name__}: expected str, int or Fraction")
-    if p <= 0:
-        raise ValueError(f"invalid pace {s!r}: a pace must be > 0")
-    return p
-
-
-def parse_pace_set(s: str | Iterable[PaceLike]) -> tuple[Fraction, ...]:
-    """Parse ``"1,2,3,4"`` / ``"[1/3, 1/2, 1]"`` / ``["1/3", 1]`` into ascending unique paces.
-
-    The class label of a pace is its position in the returned tuple. Duplicates (``"1/2,2/4"``) are an error:
-    they would silently merge two intended classes.
-    """
-    if isinstance(s, str):
-        items: list = [t for t in s.strip().strip("[]()").split(",") if t.strip()]
-    elif isinstance(s, int | Fraction | np.integer) and not isinstance(s, bool):
-        items = [s]
-    elif isinstance(s, Iterable):
-        items = list(s)
-    else:
-        raise ValueError(f"invalid pace set {s!r}: expected a string like '1,2,3,4' or a list of paces")
-    if not items:
-        raise ValueError(f"invalid pace set {s!r}: it is empty")
-    paces = [parse_pace(x) for x in items]
-    if len(set(paces)) != len(paces):
-        dup = sorted({format_pace(p) for p in paces if paces.count(p) > 1})
-        raise ValueError(f"invalid pace set {s!r}: duplicate pace(s) {', '.join(dup)}")
-    return tuple(sorted(paces))
-
-
-def format_pace(p: Fraction) -> str:
-    """``Fraction(1, 3)`` -> ``"1/3"``, ``Fraction(2)`` -> ``"2"`` (round-trips through ``parse_pace``)."""
-    return str(Fraction(p))
 
 
 def pace_label(pace_set: Sequence[Fraction], pace: PaceLike) -> int:

@@ -6,23 +6,32 @@ decord (which raises a bare ``DECORDError``/``RuntimeError``/``AssertionError`` 
 ``BrokenVideoError(path, reason)`` whose reason says what is wrong (empty, not a video, truncated, no video
 stream, zero frames) so a data loader can skip and count it and ``verify-data`` can report it.
 
+A copy made by ``vpace prepare`` (its manifest gives the stored size) that is at the requested size, up to
+the even-size rounding of H.264, is decoded at its own size and cropped by that pixel: no rescale.
+decord's C++ log lines (``[hh:mm:ss] .../video_reader.cc:86: ERROR opening: ...``) bypass its log level and go
+straight to the process's stderr; they are kept out of it (``_quiet_decord``), since the reason is reported.
+
 ``cache_dir`` (``open_video``) stores each video's decoded uint8 frames once as ``.npy`` so later epochs read
 them through a memory map instead of decoding: on a 2-core machine decoding dominates a small model's step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
 import os
 import re
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from .manifest import stored_size
 from .pace import unique_with_map
 
 __all__ = [
@@ -117,6 +126,46 @@ def import_decord():
 
     decord.logging.set_level(decord.logging.QUIET)
     return decord
+
+
+class _Redirect:
+    """State of the one redirection of fd 2 that threads decoding at once share (reference counted)."""
+
+    lock = threading.Lock()
+    depth = 0
+    saved: int | None = None
+    sink: object = None
+
+
+@contextlib.contextmanager
+def _quiet_decord() -> Iterator[None]:
+    """While decord runs, fd 2 points at a scratch file; afterwards whatever else landed there (another
+    thread's output) is passed on and only decord's own ``[hh:mm:ss] file.cc:N:`` lines are dropped."""
+    r = _Redirect
+    with r.lock:
+        if r.depth == 0:
+            try:
+                sys.stderr.flush()
+                r.sink, r.saved = tempfile.TemporaryFile(), os.dup(2)
+                os.dup2(r.sink.fileno(), 2)
+            except (OSError, AttributeError, ValueError):  # no usable fd 2: nothing to keep clean
+                r.saved = None
+        r.depth += 1
+    try:
+        yield
+    finally:
+        with r.lock:
+            r.depth -= 1
+            if r.depth == 0 and r.saved is not None:
+                os.dup2(r.saved, 2)
+                os.close(r.saved)
+                r.sink.seek(0)
+                lines = r.sink.read().decode(errors="replace").splitlines(keepends=True)
+                r.sink.close()
+                kept = "".join(x for x in lines if not _CC_PREFIX.match(x))
+                if kept:
+                    os.write(2, kept.encode())
+                r.saved = None
 
 
 def _looks_like_container(head: bytes) -> bool:
@@ -237,8 +286,13 @@ class VideoReader(FrameSource):
         h, w = output_size(self.path, height, width, short_side)
         decord = import_decord()
         self._size, self._threads, self._native = (h, w), int(threads), False
+        stored = stored_size(self.path) if h > 0 else None
+        # a prepared copy at the requested size, up to H.264's even-size rounding: crop, never rescale
+        self.crops = stored is not None and 0 <= stored[0] - h <= 1 and 0 <= stored[1] - w <= 1
+        ask_h, ask_w = (-1, -1) if self.crops else (h, w)
         try:
-            self._vr = decord.VideoReader(self.path, width=w, height=h, num_threads=int(threads))
+            with _quiet_decord():
+                self._vr = decord.VideoReader(self.path, width=ask_w, height=ask_h, num_threads=int(threads))
             self.num_frames = len(self._vr)
             self.fps = float(self._vr.get_avg_fps())
         except Exception as e:  # noqa: BLE001 - decord raises DECORDError, RuntimeError, AssertionError
@@ -251,18 +305,24 @@ class VideoReader(FrameSource):
         if self._vr is None:
             raise ValueError(f"{self.path}: reader is closed")
         try:
-            batch = self._vr.get_batch(unique.tolist())
+            with _quiet_decord():
+                batch = self._vr.get_batch(unique.tolist())
             frames = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
         except Exception as e:  # noqa: BLE001
             if "from_size == to_size" not in str(e) or self._native:
                 raise BrokenVideoError(self.path, _reason(self.path, e, self.num_frames)) from None
             # decord's scaler rejects some output sizes (e.g. width 48 or 96 from 172): decode at native
             # size and resize here instead, for this and later batches.
-            self._vr, self._native = import_decord().VideoReader(self.path, num_threads=self._threads), True
+            with _quiet_decord():
+                self._vr = import_decord().VideoReader(self.path, num_threads=self._threads)
+            self._native = True
             return self.read_unique(unique)
-        if self._native:
+        if self.crops:
+            frames = frames[:, : self._size[0], : self._size[1]]
+        elif self._native:
             frames = _resize(frames, self._size)
-        if frames.ndim != 4 or frames.shape[0] != unique.size or frames.shape[-1] != 3:
+        wrong_size = self._size[0] > 0 and frames.shape[1:3] != self._size
+        if frames.ndim != 4 or frames.shape[0] != unique.size or frames.shape[-1] != 3 or wrong_size:
             raise BrokenVideoError(self.path, f"decoder gave shape {frames.shape} for {unique.size} frames")
         return np.ascontiguousarray(frames, dtype=np.uint8)
 

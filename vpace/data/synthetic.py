@@ -32,8 +32,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tqdm.auto import tqdm
 
+from vpace.bars import progress_bar
 from vpace.data.synthetic_motions import MOTIONS, RenderSpec, render_video
 from vpace.errors import UserError
 
@@ -252,7 +252,7 @@ def make_synthetic(out_dir: str | Path, num_videos: int = 500, seed: int = 0, *,
 
 
 def _run_all(jobs: list[_Job], workers: int, progress: bool) -> None:
-    bar = tqdm(total=len(jobs), desc="synthetic videos", unit="video", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="synthetic videos", unit="video", enabled=progress)
     try:
         if workers <= 1:
             for job in jobs:

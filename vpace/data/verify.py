@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
+from vpace.bars import progress_bar
 
 from .index import VideoIndex
 from .reader import BrokenVideoError, VideoReader, header_frame_count
 
-__all__ = ["VerifyReport", "verify_index"]
+__all__ = ["VerifyReport", "check_frame_count", "verify_index"]
 
 MISSING_REASON = "file not found (listed in the index)"
 
@@ -43,6 +43,13 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def check_frame_count(path: str, readable: int) -> None:
+    """Raise ``BrokenVideoError`` when far fewer frames are readable than the container header declares."""
+    declared = header_frame_count(path)
+    if declared - readable > max(1, declared // 50):  # tolerate off-by-one headers
+        raise BrokenVideoError(path, f"truncated: {readable} of {declared} declared frames readable")
+
+
 def verify_index(
     index: VideoIndex, *, progress: bool = True, height: int | None = 128, width: int | None = 171
 ) -> VerifyReport:
@@ -50,15 +57,11 @@ def verify_index(
     report = VerifyReport(total=len(index) + len(index.missing) + len(index.unusable), ok=0)
     report.broken += [(path, MISSING_REASON) for path in index.missing]
     report.broken += index.unusable  # e.g. a dangling symbolic link, a folder named x.mp4
-    for entry in tqdm(index.entries, desc="verify", unit="video", disable=not progress):
+    for entry in progress_bar(index.entries, desc="verify", unit="video", enabled=progress):
         try:
             with VideoReader(entry.path, height=height, width=width) as vr:
                 vr.get_frames([vr.num_frames - 1])
-                declared = header_frame_count(entry.path)
-                if declared - vr.num_frames > max(1, declared // 50):  # tolerate off-by-one headers
-                    raise BrokenVideoError(
-                        entry.path, f"truncated: {vr.num_frames} of {declared} declared frames readable"
-                    )
+                check_frame_count(entry.path, vr.num_frames)
                 report.frames += vr.num_frames
             report.ok += 1
         except BrokenVideoError as e:

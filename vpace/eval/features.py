@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from vpace.bars import progress_bar
 from vpace.config import AugmentConfig, Config, DataConfig
 from vpace.data import BrokenVideoError, EvalClipDataset, VideoIndex, VideoReader, collate_clips, load_index
 from vpace.data.pace import sample_indices
@@ -218,7 +218,7 @@ def extract_features(
     feats: dict[str, list[np.ndarray]] = {x: [] for x in todo}
     labels, ids = [], []
     loader = clip_batches(index, spec, batch_size=batch_size, num_workers=num_workers)
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+    for batch in progress_bar(loader, desc=desc, unit="batch", enabled=progress):
         if "video_id" not in batch:  # every video of this batch was unreadable
             continue
         b, c = batch["frames"].shape[:2]

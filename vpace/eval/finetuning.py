@@ -2,8 +2,8 @@
 
 ``finetune``: conv weights from the pre-trained checkpoint (or a backbone file, or random init for the
 baseline), a new fc, cross-entropy, lr 3e-3 (0.01 for S3D-G), the pre-training augmentation and schedule.
-It is a :class:`~vpace.train.task.Task` on the shared Ray Train loop, so checkpoints, elasticity and fault
-tolerance are the pre-training ones. Test: 10 uniformly spaced clips per video, center crop, softmax
+It is a `vpace.train.TrainSpec` (`finetune_spec`) on the shared Ray Train loop, so checkpoints, elasticity
+and fault tolerance are the pre-training ones. Test: 10 uniformly spaced clips per video, center crop, softmax
 averaged -> video accuracy (and clip accuracy). The cheap alternatives on frozen features (``linear_probe``,
 ``knn_classify``) are in `vpace.eval.probes`.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from vpace.backbone_names import base_backbone
-from vpace.config import Config, load_config
+from vpace.config import base_backbone
+from vpace.bars import progress_bar
+from vpace.config import Config, load_config, stored_config
 from vpace.data import PaceClipDataset, VideoIndex, load_index
 from vpace.errors import UserError
 from vpace.eval.features import ClipSpec, center_clips, clip_batches, skipped_videos
 from vpace.eval.loading import eval_dir, load_model
 from vpace.eval.metrics import clip_and_video_accuracy
 from vpace.eval.results import TITLES, markdown_table, pct, write_result
+from vpace.objectives import Metrics, per_step
 from vpace.train.checkpoint import find_latest, load_latest
-from vpace.train.pretrain_task import PretrainTask, augment_batch, load_split
-from vpace.train.task import Task
+from vpace.train.pretraining import augment_batch, load_split
+from vpace.train.spec import TrainSpec
 
 FINETUNE_LR = {"s3d_g": 0.01, "tv_s3d": 0.01}  # paper §4.1; 3e-3 for every other backbone
 DEFAULT_LR = 3e-3
@@ -50,73 +52,52 @@ class Classifier(nn.Module):
         return self.fc(self.dropout(self.backbone(x)))
 
 
-class FinetuneTask(Task):
-    """Labeled pace-1 clips of ``cfg.data.split`` -> cross-entropy of a :class:`Classifier`.
+def classifier(cfg: Config, *, source: str | None, num_classes: int, dropout: float) -> Classifier:
+    """The backbone of `source` (a run, checkpoint or weights file; None: random init) + a new fc."""
+    bb = load_model(source, backbone=cfg.model.backbone, seed=cfg.run.seed).backbone
+    return Classifier(bb, num_classes, dropout)
 
-    Picklable: only a path and ints until ``setup`` (which runs on the Ray worker)."""
 
-    name = "finetune"
+def finetune_dataset(cfg: Config) -> Dataset:
+    """One pace-1 clip per video at a uniform random start (temporal jittering); labels = action classes."""
+    d = cfg.data
+    return PaceClipDataset(load_split(cfg), pace_set=(1,), clip_len=d.clip_len, clips_per_video=1,
+                           height=d.height, width=d.width, seed=cfg.run.seed, epoch_size=d.epoch_size,
+                           decode_threads=d.decode_threads, cache_dir=d.cache_dir)
 
-    def __init__(self, source: str | None, num_classes: int, dropout: float = 0.5) -> None:
-        self.source = str(Path(source).resolve()) if source else None
-        self.num_classes, self.dropout = int(num_classes), float(dropout)
 
-    def check(self, cfg: Config) -> None:
-        if self.source is not None and not Path(self.source).exists():
-            raise FileNotFoundError(f"finetune: checkpoint not found: {self.source}")
-        load_split(cfg)
+def finetune_loss(model: nn.Module, batch: dict[str, Any], generator: torch.Generator, cfg: Config
+                  ) -> tuple[Tensor, Metrics]:
+    """Cross-entropy of the augmented clips; `acc` = correct clips / clips."""
+    frames, index_map = batch["frames"], batch["index_map"]  # [B, n, T, H, W, 3], [B, n, T]
+    n = frames.shape[1]
+    clips = augment_batch(frames.flatten(0, 1), index_map.flatten(0, 1), cfg, generator)
+    y = batch["label"].repeat_interleave(n)
+    logits = model(clips).float()
+    loss = F.cross_entropy(logits, y)
+    hits = (logits.detach().argmax(1) == y).sum().to(torch.float64)
+    return loss, {**per_step({"loss": loss}), "acc": (hits, torch.full_like(hits, y.numel()))}
 
-    def setup(self, cfg: Config, device: torch.device) -> nn.Module:
-        self.cfg = cfg
-        bb = load_model(self.source, backbone=cfg.model.backbone, seed=cfg.run.seed).backbone
-        self.model = Classifier(bb, self.num_classes, self.dropout).to(device).train()
-        self.wrapped: nn.Module = self.model
-        return self.model
 
-    def wrap(self, model: nn.Module) -> None:
-        self.wrapped = model
+def _check_finetune(cfg: Config, *, source: str | None) -> None:
+    if source is not None and not Path(source).exists():
+        raise FileNotFoundError(f"finetune: checkpoint not found: {source}")
+    load_split(cfg)
 
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
 
-    def dataset(self, cfg: Config) -> Dataset:
-        d = cfg.data
-        # one pace-1 clip per video at a uniform random start (temporal jittering); labels = action classes
-        return PaceClipDataset(load_split(cfg), pace_set=(1,), clip_len=d.clip_len, clips_per_video=1,
-                               height=d.height, width=d.width, seed=cfg.run.seed, epoch_size=d.epoch_size,
-                               decode_threads=d.decode_threads, cache_dir=d.cache_dir)
-
-    # same clip batches as pre-training: collate drops broken videos, sizes count videos and clips
-    collate = staticmethod(PretrainTask.collate)
-    batch_size = PretrainTask.batch_size
-
-    def step(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        frames, index_map = batch["frames"], batch["index_map"]  # [B, n, T, H, W, 3], [B, n, T]
-        n = frames.shape[1]
-        clips = augment_batch(frames.flatten(0, 1), index_map.flatten(0, 1), self.cfg, generator)
-        y = batch["label"].repeat_interleave(n)
-        logits = self.wrapped(clips).float()
-        loss = F.cross_entropy(logits, y)
-        acc = (logits.argmax(1) == y).float().mean()
-        return loss, {"loss": float(loss.detach()), "acc": float(acc)}
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.model.state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.model.load_state_dict(state)
-
-    def backbone(self) -> nn.Module:
-        return self.model.backbone
-
-    def state_root(self) -> nn.Module:
-        return self.model
+def finetune_spec(source: str | None, num_classes: int, dropout: float = 0.5) -> TrainSpec:
+    """Fine-tuning of `source`'s backbone (None: random init) with a `num_classes`-way fc."""
+    source = str(Path(source).resolve()) if source else None
+    return TrainSpec(name="finetune", dataset=finetune_dataset, forward_loss=finetune_loss,
+                     build_model=partial(classifier, source=source, num_classes=int(num_classes),
+                                         dropout=float(dropout)),
+                     check=partial(_check_finetune, source=source))
 
 
 def load_classifier(run_or_ckpt: str | Path) -> tuple[Classifier, Config]:
     """The fine-tuned Classifier of a finetune run's latest checkpoint (weights_only)."""
     _, state, _ = load_latest(run_or_ckpt)
-    cfg = load_config(data=state["config"])
+    cfg = stored_config(state["config"])
     from vpace.models import build_backbone
 
     fc_w = state["model"]["fc.weight"]
@@ -133,8 +114,8 @@ def evaluate_classifier(
     """§4.1 test: softmax of each of the 10 center-cropped clips, averaged per video -> video/clip accuracy.
     Unreadable videos are skipped and listed."""
     probs, labels, ids = [], [], []
-    for batch in tqdm(clip_batches(index, spec, batch_size=batch_size, num_workers=num_workers),
-                      desc="test", unit="batch", disable=not progress):
+    for batch in progress_bar(clip_batches(index, spec, batch_size=batch_size, num_workers=num_workers),
+                              desc="test", unit="batch", enabled=progress):
         if "video_id" not in batch:
             continue
         b, c = batch["frames"].shape[:2]
@@ -217,7 +198,7 @@ def finetune(
         cfg = finetune_config(checkpoint, init=src, backbone=backbone, data=data, storage=str(out), lr=lr,
                               epochs=epochs, overrides=overrides, split_id=split_id)
         index = load_index(cfg.data.index, split_id=cfg.data.split_id)
-        result = run_task(FinetuneTask(src, len(index.classes), dropout), cfg, address)
+        result = run_task(finetune_spec(src, len(index.classes), dropout), cfg, address)
         model, _ = load_classifier(result.run_dir)
         spec = ClipSpec.from_config(cfg)
         test = evaluate_classifier(model, index.split("test"), spec, batch_size=test_batch_size,

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vpace.config import Config, load_config
+from vpace.config import Config, load_config, stored_config
 from vpace.data.pace import parse_pace_set
 from vpace.errors import UserError
 from vpace.models import build_backbone
@@ -77,7 +77,7 @@ def _config_from(obj: object) -> Config | None:
     if isinstance(obj, Config):
         return obj
     if isinstance(obj, dict) and obj:
-        return load_config(data=obj)
+        return stored_config(obj)
     return None
 
 

@@ -1,4 +1,5 @@
-"""Pure maths of the evaluation protocols: cosine top-k retrieval, kNN voting, clip/video accuracy.
+"""Pure maths of the evaluation protocols: cosine top-k retrieval, kNN voting, clip/video accuracy, bootstrap
+intervals over queries.
 
 Why a module of its own: these are the numbers the paper's tables report, so they are tested on hand-made
 inputs with known answers, independent of models, data and Ray.
@@ -14,6 +15,8 @@ import torch
 from vpace.errors import UserError
 
 KS: tuple[int, ...] = (1, 5, 10, 20, 50)
+Features = np.ndarray | torch.Tensor  # [N, D] rows
+Labels = Sequence[int] | np.ndarray
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -48,16 +51,11 @@ def cosine_topk(
     return torch.cat(sims), torch.cat(idx)
 
 
-def topk_retrieval(
-    query: np.ndarray | torch.Tensor,
-    query_labels: Sequence[int] | np.ndarray,
-    gallery: np.ndarray | torch.Tensor,
-    gallery_labels: Sequence[int] | np.ndarray,
-    ks: Sequence[int] = KS,
-) -> dict[int, float]:
-    """Top-k retrieval accuracy (VCOP/VCP/pace §4.4): a query is a hit at k if any of its k nearest gallery
-    items (cosine similarity) has its class. Returns {k: fraction of hits}; k larger than the gallery is
-    clamped to the gallery size."""
+def retrieval_hits(query: Features, query_labels: Labels, gallery: Features, gallery_labels: Labels,
+                   ks: Sequence[int] = KS) -> dict[int, torch.Tensor]:
+    """Per query, whether it is a hit at k (VCOP/VCP/pace §4.4): any of its k nearest gallery items (cosine
+    similarity) has its class. Returns {k: bool [Nq]}; k larger than the gallery is clamped to its size.
+    Per query rather than a fraction, so a caller can also resample the queries (`bootstrap_interval`)."""
     ql = torch.as_tensor(np.asarray(query_labels), dtype=torch.long)
     gl = torch.as_tensor(np.asarray(gallery_labels), dtype=torch.long)
     if len(ql) == 0:
@@ -66,7 +64,37 @@ def topk_retrieval(
         raise UserError("empty gallery: the train split has no (readable) videos")
     _, idx = cosine_topk(query, gallery, max(ks))
     same = gl[idx] == ql[:, None]  # [Nq, kmax]
-    return {int(k): int(same[:, :k].any(dim=1).sum()) / len(ql) for k in ks}  # exact count / queries
+    return {int(k): same[:, :k].any(dim=1) for k in ks}
+
+
+def topk_retrieval(query: Features, query_labels: Labels, gallery: Features, gallery_labels: Labels,
+                   ks: Sequence[int] = KS) -> dict[int, float]:
+    """Top-k retrieval accuracy: {k: fraction of queries that are hits at k} (`retrieval_hits`)."""
+    hits = retrieval_hits(query, query_labels, gallery, gallery_labels, ks)
+    return {k: int(h.sum()) / len(h) for k, h in hits.items()}  # exact count / queries
+
+
+def bootstrap_interval(values: Sequence[float] | np.ndarray | torch.Tensor, *, level: float = 0.95,
+                       resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-item values (items drawn with replacement).
+
+    Why: a metric over a few dozen query videos moves by more than the gaps between the models it ranks; the
+    interval says by how much another draw of as many queries would move it. Seeded: same values, same
+    interval."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("bootstrap_interval needs at least one value")
+    if not 0.0 < level < 1.0 or resamples < 1:
+        raise ValueError(f"need 0 < level < 1 and resamples >= 1, got level={level}, resamples={resamples}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    rows = max(1, 2**22 // v.size)  # resamples drawn at once: a few MB of indices whatever the query count
+    for s in range(0, resamples, rows):
+        idx = rng.integers(0, v.size, (min(rows, resamples - s), v.size))
+        means[s:s + len(idx)] = v[idx].mean(axis=1)
+    tail = (1.0 - level) / 2
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    return float(lo), float(hi)
 
 
 def knn_predict(

@@ -21,6 +21,7 @@ from vpace.eval.results import TITLES, markdown_table, pct, read_result
 from vpace.eval.retrieval import format_table
 from vpace.eval.speed_segments import HELDOUT, heldout_table
 from vpace.train.checkpoint import load_latest
+from vpace.train.metrics import STARVED_FRAC, STARVED_HINT
 
 BENCH_KEY = ("kernel", "provider", "shape", "metric")
 
@@ -35,7 +36,7 @@ def applicable_benchmarks(bench_dir: Path, *, backbone: str, gpu: bool, machine:
     """Rows measured on this machine and kind of device (a GPU row's device is the GPU's name, a CPU row's
     `CPU_DEVICE`); rows naming a backbone only if it is this run's; newest date wins per (file, kernel,
     provider, shape, metric)."""
-    from vpace.backbone_names import BACKBONES, base_backbone
+    from vpace.config import BACKBONES, base_backbone
 
     backbone = base_backbone(backbone)  # residual input: the same network, the same benchmark rows
     others = [b for b in BACKBONES if b != backbone]
@@ -67,6 +68,28 @@ def _history_table(epochs: list[dict[str, Any]], last: int = 10) -> str:
     keys = [k for k in epochs[-1] if k != "world_size" and "/" not in k and k not in shown_per_pace]
     fmt = (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
     return markdown_table(keys, [[fmt(r.get(k, "")) for k in keys] for r in epochs[-last:]])
+
+
+def data_wait_lines(cfg: dict[str, Any], history: dict[str, Any]) -> list[str]:
+    """The share of time the workers waited for data (`data_wait_frac`, both loaders) per epoch, or per log
+    window before an epoch ends, and whether the run was starved (> `STARVED_FRAC` of the time)."""
+    head = [f"### Data wait (`data.loader: {cfg.get('data', {}).get('loader', 'torch')}`)", ""]
+    rows = [r for r in history.get("epochs", []) if "data_wait_frac" in r]
+    what = "epoch"
+    if not rows:  # no epoch finished: the log windows but the first (it pays for the loader's start-up)
+        rows, what = [r for r in history.get("steps", []) if "data_wait_frac" in r][1:], "log window"
+    if not rows:
+        return [*head, "_not recorded (no epoch or log window yet, or a run from before the metric)_", ""]
+    fracs = [r["data_wait_frac"] for r in rows]
+    starved = sum(f > STARVED_FRAC for f in fracs)
+    out = [*head, f"- waiting for data: {pct(fracs[-1])}% of the last {what}'s time; {pct(min(fracs))}-"
+                  f"{pct(max(fracs))}% over {len(fracs)} {what}s"]
+    if starved:
+        out.append(f"- **starved**: more than {pct(STARVED_FRAC)}% of the time in {starved} of {len(fracs)} "
+                   f"{what}s: {STARVED_HINT}")
+    else:
+        out.append(f"- not starved: at most {pct(STARVED_FRAC)}% of the time in every {what}")
+    return [*out, ""]
 
 
 def _pace_section(cfg: dict[str, Any], epochs: list[dict[str, Any]], heldout: dict[str, Any] | None,
@@ -129,6 +152,7 @@ def write_report(run_dir: str, *, bench_dir: str | None = None, out: str | None 
     lines += ["## Training curves", ""]
     lines += [f"![loss and accuracy]({rel(curves)})" if curves.is_file() else "_no metrics logged_", ""]
     lines += ["### Last epochs", "", _history_table(history.get("epochs", [])), ""]
+    lines += data_wait_lines(cfg, history)
     lines += _pace_section(cfg, history.get("epochs", []), read_result(ev, HELDOUT), run)
 
     ret = read_result(ev, "retrieval")

@@ -12,13 +12,13 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from vpace.backbone_names import BACKBONES, REGISTRY, base_backbone, unknown_backbone
+from vpace.config import BACKBONES, REGISTRY, base_backbone, unknown_backbone
 
 from .common import Backbone, load_weights, residual_frames
 
 
 def _constructor(base: str) -> Callable[..., Backbone]:
-    """The constructor of a registered name (`vpace.backbone_names.REGISTRY`), its module imported now."""
+    """The constructor of a registered name (`vpace.config.REGISTRY`), its module imported now."""
     module, attr, args = REGISTRY[base]
     return partial(getattr(importlib.import_module(f"{__name__}.{module}"), attr), *args)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vpace.config_validate import PROJ_HEADS
+from vpace.config import PROJ_HEADS
 
 
 def make_projection(in_dim: int, out_dim: int, kind: str = "linear") -> nn.Module:
@@ -56,9 +56,6 @@ class PaceModel(nn.Module):
             "z": self.proj(feat) if self.proj is not None else None,
             "feat": feat,
         }
-
-    def after_optimizer_step(self) -> None:
-        """Nothing to update (RSPNet's hook: momentum encoder + queue); the train loop calls it anyway."""
 
 
 class TwoHeadEncoder(nn.Module):

@@ -10,14 +10,13 @@ weight is 0 or whose mode is `none` is skipped entirely (no head needed, no comp
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vpace.config import PaceConfig
-from vpace.objectives.base import Outputs, check_meta, metrics_to_floats
+from vpace.objectives.base import Metrics, Outputs, check_meta, per_step
 from vpace.objectives.heads import PaceModel
 from vpace_kernels.contrastive import contrastive_loss
 
@@ -31,11 +30,11 @@ def uses_ctr(cfg: PaceConfig) -> bool:
 
 
 def pace_objective(out: dict[str, Tensor | None], pace_label: Tensor, video_id: Tensor,
-                   cfg: PaceConfig) -> tuple[Tensor, dict[str, float]]:
+                   cfg: PaceConfig) -> tuple[Tensor, Metrics]:
     """Eq. 4 on a PaceModel output.
 
-    Returns (loss, metrics) with metrics loss, loss_cls, loss_ctr, pace_acc (nan without a classifier) and
-    rows_without_positive (rows left out of the contrastive mean).
+    Returns (loss, metrics) with per-step metrics loss, loss_cls, loss_ctr and rows_without_positive (rows
+    left out of the contrastive mean); pace accuracy is counted per clip by `pace_tallies`.
     """
     cls_on, ctr_on = uses_cls(cfg), uses_ctr(cfg)
     if not (cls_on or ctr_on):
@@ -63,28 +62,28 @@ def pace_objective(out: dict[str, Tensor | None], pace_label: Tensor, video_id: 
                                            return_stats=True)
         no_pos = stats.rows_without_positive
         loss = loss + cfg.lambda_ctr * loss_ctr
-    pace_acc = (logits.argmax(1) == pace_label).float().mean() if logits is not None else math.nan
-    metrics = metrics_to_floats({"loss": loss, "loss_cls": loss_cls, "loss_ctr": loss_ctr,
-                                 "pace_acc": pace_acc, "rows_without_positive": no_pos})
-    return loss, metrics
+    return loss, per_step({"loss": loss, "loss_cls": loss_cls, "loss_ctr": loss_ctr,
+                           "rows_without_positive": torch.as_tensor(no_pos, device=loss.device)})
 
 
 class PaceLoss:
-    """Eq. 4 on a `PaceModel` output, the batch contract checked (n clips per video at distinct paces)."""
+    """Eq. 4 on a `PaceModel` output, the batch contract checked (n clips per video at distinct paces).
+    Method `pace` is CE only, whatever the ctr fields say."""
 
     def __init__(self, cfg: PaceConfig, clips_per_video: int, method: str) -> None:
-        self.cfg, self.clips_per_video, self.method = cfg, clips_per_video, method
+        self.cfg = dataclasses.replace(cfg, ctr_mode="none") if method == "pace" else cfg
+        self.clips_per_video, self.method = clips_per_video, method
 
-    def __call__(self, out: Outputs, meta: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, out: Outputs, meta: dict[str, Tensor]) -> tuple[Tensor, Metrics]:
         check_meta(meta, out["feat"].shape[0], self.clips_per_video, self.method)
         return pace_objective(out, meta["pace_label"], meta["video_id"], self.cfg)
 
 
 def build_pace(backbone: nn.Module, cfg: PaceConfig, *, num_paces: int, method: str = "pace_ctr",
                clips_per_video: int = 2) -> tuple[PaceModel, PaceLoss]:
-    """Methods `pace` (CE only, whatever the ctr fields say) and `pace_ctr` (Eq. 4): the model, the loss."""
-    if method == "pace":
-        cfg = dataclasses.replace(cfg, ctr_mode="none")
+    """Methods `pace` and `pace_ctr` (Eq. 4): the model (only the heads its loss terms use), the loss."""
+    loss = PaceLoss(cfg, clips_per_video, method)
+    cfg = loss.cfg
     model = PaceModel(backbone, num_paces if uses_cls(cfg) else 0, cfg.proj_head if uses_ctr(cfg) else None,
                       cfg.proj_dim)
-    return model, PaceLoss(cfg, clips_per_video, method)
+    return model, loss

@@ -1,12 +1,13 @@
-"""Ray Train V2 pre-training: one elastic, fault-tolerant per-worker loop shared by every `Task`.
+"""Ray Train V2 training: one elastic, fault-tolerant per-worker loop for any `TrainSpec`.
 
 Public entry points (used by `vpace.cli`): `pretrain(cfg, address=None)` and `export_backbone(run, out)`.
-Fine-tuning plugs in with its own `Task` subclass and `run_task(task, cfg, address)`.
+Fine-tuning builds its own `TrainSpec` and calls `run_task(spec, cfg, address)`.
 """
 
-from vpace.train.checkpoint import export_backbone, find_latest, load_state
+from vpace.train.checkpoint import find_latest, load_state
+from vpace.train.export import export_backbone
 from vpace.train.launch import TrainResult, build_trainer, pretrain, run_task
-from vpace.train.task import Task
+from vpace.train.spec import TrainSpec
 
-__all__ = ["Task", "TrainResult", "build_trainer", "export_backbone", "find_latest", "load_state", "pretrain",
-           "run_task"]
+__all__ = ["TrainResult", "TrainSpec", "build_trainer", "export_backbone", "find_latest", "load_state",
+           "pretrain", "run_task"]

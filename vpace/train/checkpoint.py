@@ -1,18 +1,14 @@
-"""Checkpoints: one directory per save, written atomically, loadable with `weights_only=True`.
+"""Checkpoints: one directory per save, written atomically, loaded with `weights_only=True`, and THE rule for
+"the latest good checkpoint" that every reader (resume, export, eval, report) uses.
 
-Layout of a checkpoint directory (what `ray.train.report(checkpoint=...)` uploads):
-  state.pt   - torch.save of plain containers + tensors only (model, optimizer, scaler, objective incl. the
-               RSPNet queue, step/epoch/consumed, RNG, metric history, config), so `torch.load(...,
-               weights_only=True)` never has to unpickle arbitrary objects.
-  meta.json  - step, epoch, task, backbone name and where the backbone sits in the model's state dict;
-               readable without torch for listings.
-Why atomic: a crash (or `os._exit` in a fault test) mid-save must never leave a directory that looks like a
-checkpoint but is truncated. We write into a hidden sibling and `os.replace` it into place. Ray then copies
-that directory into `<run>/checkpoint_N` *non*-atomically, so a kill mid-copy can still leave a half-written
-`checkpoint_N` (which Ray never registers). Hence one rule for "the latest good checkpoint" (`_first_good`),
-used by every reader (export, eval, report): the newest one that loads, each newer broken one named in a
-warning; and `plan_resume` checks the one Ray will resume from before any worker starts. A checkpoint that
-cannot be loaded raises `CheckpointError` (names the folder and why, never advises unsafe unpickling).
+A checkpoint directory (what `ray.train.report(checkpoint=...)` uploads): `state.pt`, a `torch.save` of plain
+containers and tensors only (so loading never unpickles arbitrary objects), `meta.json` (step, epoch, task,
+backbone and its state-dict prefix; readable without torch) and small JSON side files. We write into a hidden
+sibling and `os.replace` it into place, so a crash mid-save never leaves a folder that looks complete. Ray
+then copies the folder into `<run>/checkpoint_N` *non*-atomically, so a kill mid-copy can still leave a
+half-written one: readers take the newest checkpoint that loads and name each newer broken one in a warning
+(`_first_good`). A checkpoint that cannot be loaded raises `CheckpointError` (the folder and why; it never
+advises unsafe unpickling).
 """
 
 from __future__ import annotations
@@ -20,26 +16,21 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import random
 import re
 import shutil
 import uuid
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
-from torch import nn
 
 from vpace.errors import UserError
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 FORMAT = "vpace-checkpoint-1"
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it registered
 
 
 def _fsync_dir(path: Path) -> None:
@@ -227,140 +218,11 @@ def load_latest(run_dir_or_ckpt: str | os.PathLike, map_location: str | torch.de
     return path, state, meta
 
 
-# ------------------------------------------------------------------------------------------------ resume
-
-
-@dataclass(frozen=True)
-class ResumePlan:
-    """Resume from `use` because Ray's latest registered checkpoint `skip` cannot be loaded. `taken`: the
-    folder names Ray has registered; a new checkpoint must not reuse one (Ray would later delete it as the
-    old entry of that name)."""
-
-    skip: str
-    use: str
-    taken: frozenset[str]
-
-
-def checkpoint_dir_name(step: int, plan: ResumePlan | None = None) -> str:
+def checkpoint_dir_name(step: int, taken: frozenset[str] = frozenset()) -> str:
+    """`checkpoint_<step>`, suffixed `_1`, `_2`, ... past the names in `taken`: a resume that passed over a
+    broken checkpoint must not reuse its name (Ray would later delete the new folder as the old entry)."""
     name = base = f"checkpoint_{step:08d}"
     n = 1
-    while plan is not None and name in plan.taken:
+    while name in taken:
         name, n = f"{base}_{n}", n + 1
     return name
-
-
-@dataclass(frozen=True)
-class RegisteredCheckpoints:
-    """Ray Train's record of a run's checkpoints: folder names oldest first, the latest one and the metrics
-    reported with it."""
-
-    names: list[str]
-    latest: str
-    metrics: dict[str, Any]
-
-
-def registered_checkpoints(run_dir: str | os.PathLike) -> RegisteredCheckpoints | None:
-    """Read `<run>/checkpoint_manager_snapshot.json`; None when Ray has registered no checkpoint yet."""
-    run = Path(run_dir)
-    try:
-        snap = json.loads((run / SNAPSHOT_FILE).read_text())
-        latest = snap.get("latest_checkpoint_result") or {}
-        names = [r["checkpoint_dir_name"] for r in snap.get("checkpoint_results", [])]
-        name, metrics = latest.get("checkpoint_dir_name"), dict(latest.get("metrics") or {})
-        record = RegisteredCheckpoints(names, name, metrics) if name else None
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise CheckpointError(run / SNAPSHOT_FILE, f"Ray's checkpoint record is unreadable ({e})") from None
-    return record
-
-
-def plan_resume(run_dir: str | os.PathLike) -> ResumePlan | None:
-    """Driver side, before any worker starts: the checkpoint Ray will hand the workers (its latest registered
-    one) must load. None: it does, or there is none. Else the newest older registered one that loads
-    (warning); if none does, `CheckpointError` - a resume that can never succeed fails at once, not after
-    `max_failures` retries."""
-    run = Path(run_dir)
-    record = registered_checkpoints(run)
-    if record is None:
-        return None
-    latest, registered = record.latest, record.names
-    try:
-        check_checkpoint(run / latest)
-        return None
-    except CheckpointError as e:
-        bad = e
-    for c in [run / name for name in reversed(registered) if name != latest]:  # Ray lists oldest first
-        try:
-            check_checkpoint(c)
-        except CheckpointError:
-            continue
-        warnings.warn(SkippedCheckpointWarning(f"skipping checkpoint {bad.path}: {bad.why}; resuming from "
-                                               f"the previous good one, {c.name}"), stacklevel=2)
-        return ResumePlan(skip=latest, use=str(c), taken=frozenset(registered))
-    raise CheckpointError(bad.path, f"{bad.why}; it is the run's latest checkpoint and no older one loads, "
-                                    "so resuming cannot work (use another run.name to start afresh)")
-
-
-# --------------------------------------------------------------------------------------------------- RNG
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch RNG states as tensors/plain values (weights_only-loadable)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
-    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ------------------------------------------------------------------------------------------------ export
-
-
-def module_prefix(root: nn.Module, sub: nn.Module) -> str:
-    """State-dict prefix of `sub` inside `root` ('' if it is root): export finds the backbone by it."""
-    for name, mod in root.named_modules():
-        if mod is sub:
-            return f"{name}." if name else ""
-    raise ValueError(f"{type(sub).__name__} is not a submodule of {type(root).__name__}")
-
-
-def backbone_state(state: dict[str, Any], meta: dict[str, Any], path: str | os.PathLike
-                   ) -> dict[str, torch.Tensor]:
-    prefix = meta.get("backbone_prefix", "")
-    out = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    if not out:
-        raise CheckpointError(path, f"no tensors under the backbone prefix {prefix!r}")
-    return out
-
-
-def export_backbone(run_dir_or_ckpt: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Write the backbone weights of a run's latest (or the given) checkpoint to a .safetensors file."""
-    from safetensors.torch import save_file
-
-    ckpt, state, meta = load_latest(run_dir_or_ckpt)
-    tensors = {k: v.detach().contiguous().clone() for k, v in backbone_state(state, meta, ckpt).items()}
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    info = {k: str(meta.get(k, "")) for k in ("backbone", "task", "step", "epoch", "method")}
-    info["source"] = str(ckpt)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    save_file(tensors, str(tmp), metadata=info)
-    os.replace(tmp, out)
-    return out

@@ -7,52 +7,17 @@ CSVs from the state it resumed from: rows of steps that were redone never appear
 from __future__ import annotations
 
 import csv
-import math
 import os
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from vpace.paths import is_remote, local_path
 
 EPOCHS_CSV = "metrics.csv"
 STEPS_CSV = "steps.csv"
 CURVES_PNG = "curves.png"
 TB_DIR = "tensorboard"
-
-
-class MeanMeter:
-    """Running means of float metrics over a logging window (NaN values are ignored per key)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
-
-    def add(self, metrics: dict[str, float]) -> None:
-        for k, v in metrics.items():
-            if v is not None and not math.isnan(float(v)):
-                self.sums[k] += float(v)
-                self.counts[k] += 1
-
-    def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
-
-
-def is_uri(path: str) -> bool:
-    """A storage URI (s3://, gs://, file://, ...), not a plain path: never resolved against the cwd."""
-    return "://" in path
-
-
-def is_remote(uri: str) -> bool:
-    """Storage that is not this machine's file system (the one test of it: run dirs, outputs, paths)."""
-    return is_uri(uri) and not uri.startswith("file://")
-
-
-def local_path(uri: str) -> Path:
-    """The path of a local run dir given as a path or a file:// URI (`is_remote` is False)."""
-    return Path(uri.removeprefix("file://"))
 
 
 def acc_keys(row: dict[str, Any]) -> list[str]:
@@ -64,6 +29,8 @@ def _bar_text(m: dict[str, float]) -> str:
     parts += [f"{k} {m[k]:.3f}" for k in acc_keys(m)]
     if "clips_per_s" in m:
         parts.append(f"{m['clips_per_s']:.1f} clips/s")
+    if "data_wait_frac" in m:
+        parts.append(f"data wait {100 * m['data_wait_frac']:.0f}%")
     return " ".join(parts)
 
 
@@ -113,30 +80,11 @@ class Progress:
             self.tb.close()
 
 
-class _Lines:
-    """A tqdm target that turns each refresh into a whole line: Ray forwards worker output line by line, so
-    carriage-return redraws would pile up into one endless line in the driver's (or `ray job logs`) output."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def write(self, s: str) -> None:
-        s = s.replace("\r", "").strip()
-        if s:
-            self.stream.write(s + "\n")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
 def _make_bar(total: int, initial: int, desc: str) -> Any:
-    """tqdm on rank 0: a progress line every few seconds (whole lines, see `_Lines`)."""
-    import sys
+    """The rank-0 bar: whole lines, as Ray forwards worker output line by line (`vpace.bars`)."""
+    from vpace.bars import progress_bar
 
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", desc=desc, file=_Lines(sys.stderr),
-                mininterval=5.0, ncols=110, ascii=True)
+    return progress_bar(total=total, initial=initial, unit="step", desc=desc, forwarded=True)
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:

@@ -2,8 +2,9 @@
 
 Layout of an experiment (`<base run.storage>/tune/<name>/`): Tune's own state and one folder per trial,
 `train/<trial id>/` the trials' Ray Train runs (checkpoints, metrics.csv), and the outputs `results.md`,
-`results.csv`, `best_config.yaml`, `metric_vs_params.png`. Re-running the same command restores the
-experiment (`Tuner.restore`): finished trials are kept, interrupted ones continue from their Train checkpoint.
+`results.csv`, `best_config.yaml`, `metric_vs_params.png`, all from one ranking (`vpace.tune.ranking`).
+Re-running the same command restores the experiment (`Tuner.restore`): finished trials are kept, interrupted
+ones continue from their Train checkpoint.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from vpace.config import ConfigError
+from vpace.paths import check_storage
 from vpace.train.ray_session import start_ray, stop_ray
 from vpace.tune import report
-from vpace.tune.space import SearchSpec, load_spec
+from vpace.tune.ranking import COMPLETED, ERROR, NO_RESULT, STOPPED, Entry
+from vpace.tune.space import REPEAT_KEY, SearchSpec, interval_keys, load_spec
 from vpace.tune.trainable import TRAIN_DIR, PretrainTrial
 
 log = logging.getLogger(__name__)
@@ -34,8 +37,9 @@ class TuneOutcome:
     """A finished (or re-read) search: one row per trial, the best one, and the files written."""
 
     experiment_dir: str
-    rows: list[dict[str, Any]]
-    best: dict[str, Any] | None
+    rows: list[dict[str, Any]]  # one per trial (`collect_rows`)
+    ranking: list[Entry]  # one per configuration, best first (`vpace.tune.ranking.rank`)
+    best: Entry | None
     best_config: str | None
     results_md: str
     results_csv: str
@@ -48,7 +52,7 @@ class TuneOutcome:
         lines = [Path(self.results_md).read_text().rstrip(), ""]
         lines += [f"note: {n}" for n in self.notes]
         if self.best is not None:
-            lines.append(f"best: trial {self.best['trial']} -> {self.best_config}")
+            lines.append(f"best: trial {self.best.name} -> {self.best_config}")
         lines.append(f"wrote {self.results_md}, {self.results_csv}" + (f", {self.plot}" if self.plot else ""))
         return "\n".join(lines)
 
@@ -84,6 +88,29 @@ def _check_same_search(spec: SearchSpec, exp_dir: Path) -> None:
                                indent=1, default=str))
 
 
+def search_algorithm(spec: SearchSpec, concurrency: int) -> Any:
+    """Tune's search algorithm for `tune.search` (and `tune.repeats`: space.py's docstring says how)."""
+    t = spec.tune
+    if t.search == "optuna":
+        from ray.tune.search import Repeater
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna = OptunaSearch(seed=t.seed)
+        return Repeater(optuna, repeat=t.repeats) if t.repeats > 1 else optuna
+    from ray.tune.search import BasicVariantGenerator
+
+    # max_concurrent here: a generator ignores TuneConfig.max_concurrent_trials
+    return BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrency,
+                                 constant_grid_search=t.repeats > 1)
+
+
+def trial_samples(spec: SearchSpec) -> int:
+    """TuneConfig.num_samples: configurations (repeats of the grid) for a generator, which crosses them with
+    the seed grid itself; trials for a Repeater, which hands out each configuration `repeats` times."""
+    t = spec.tune
+    return t.num_samples * (t.repeats if t.search == "optuna" else 1)
+
+
 def build_tuner(spec: SearchSpec, exp_dir: Path, concurrency: int, resume: bool):
     """The Tuner of a search: restored when `exp_dir` holds a restorable experiment and `resume`."""
     from ray import tune
@@ -96,23 +123,13 @@ def build_tuner(spec: SearchSpec, exp_dir: Path, concurrency: int, resume: bool)
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         log.info("resuming search %s", exp_dir)
         return tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True), True
-    epochs = spec.base_config().optim.epochs
     if t.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=t.max_t or epochs, grace_period=t.grace_period,
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.budget, grace_period=t.grace_period,
                                   reduction_factor=t.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    search_alg = None
-    if t.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(seed=t.seed)
-    elif t.seed is not None:  # a generator ignores TuneConfig.max_concurrent_trials: give it the limit
-        from ray.tune.search import BasicVariantGenerator
-
-        search_alg = BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrency)
-    tune_config = tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
-                                  scheduler=scheduler, search_alg=search_alg,
+    tune_config = tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=trial_samples(spec),
+                                  scheduler=scheduler, search_alg=search_algorithm(spec, concurrency),
                                   max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname)
     run_config = tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=1,
                                 failure_config=tune.FailureConfig(max_failures=t.max_failures))
@@ -121,23 +138,31 @@ def build_tuner(spec: SearchSpec, exp_dir: Path, concurrency: int, resume: bool)
 
 
 def collect_rows(grid: Any, spec: SearchSpec, exp_dir: Path) -> list[dict[str, Any]]:
-    """One row per trial: params, last/best proxy metric, epochs run, status."""
+    """One row per trial: params, seed, status, epochs run, and each proxy measurement (`history`: epoch,
+    value, interval) as Tune recorded it."""
     metric, keys = spec.tune.metric, [d.key for d in spec.dims]
-    max_t = spec.tune.max_t or spec.base_config().optim.epochs
+    lo, hi = interval_keys(metric)
+    base_seed = int(spec.base["run"]["seed"])
     rows = []
     for r in grid:
-        m = r.metrics or {}
+        m, config = r.metrics or {}, r.config or {}
         trial = m.get("trial_id") or Path(r.path).name.removeprefix("trial_")
         df = r.metrics_dataframe
-        values = df[metric].dropna() if df is not None and metric in df else []
-        best = (values.max() if spec.tune.mode == "max" else values.min()) if len(values) else None
+        history = []
+        if df is not None and metric in df and "epoch" in df:
+            for rec in df[df[metric].notna()].to_dict("records"):
+                ends = [float(rec[k]) if k in rec and rec[k] == rec[k] else None for k in (lo, hi)]
+                history.append({"epoch": int(rec["epoch"]), "value": float(rec[metric]), "lo": ends[0],
+                                "hi": ends[1]})
+        history = sorted({p["epoch"]: p for p in history}.values(), key=lambda p: p["epoch"])
         epochs = int(m.get("epoch", 0))
-        status = (report.ERROR if r.error else report.NO_RESULT if metric not in m
-                  else report.COMPLETED if epochs >= max_t else report.STOPPED)
-        rows.append({"trial": trial, "status": status, "epochs": epochs,
+        status = (ERROR if r.error else NO_RESULT if metric not in m
+                  else COMPLETED if epochs >= spec.budget else STOPPED)
+        index = int(config.get(REPEAT_KEY, 0) or 0)
+        rows.append({"trial": trial, "status": status, "epochs": epochs, "history": history,
                      "metric": float(m[metric]) if metric in m else None,
-                     "best_metric": float(best) if best is not None else None,
-                     "params": {k: r.config.get(k) for k in keys},
+                     "queries": m.get("proxy_queries"), "seed_index": index, "seed": base_seed + index,
+                     "params": {k: config.get(k) for k in keys},
                      "run_dir": str(exp_dir / TRAIN_DIR / trial),
                      "error": str(r.error).strip().splitlines()[-1][:300] if r.error else None})
     return rows
@@ -157,10 +182,11 @@ def tune(
     """
     from ray.tune import Tuner
 
-    from vpace.tune.proxy import ProxyPretrainTask
+    from vpace.tune.proxy import PROXY_PRETRAIN
 
     spec = load_spec(yaml_path, name=name, overrides=overrides)
-    ProxyPretrainTask().check(spec.base_config())  # data and proxy splits readable, before any trial starts
+    PROXY_PRETRAIN.check(spec.base_config())  # data and proxy splits readable, before any trial starts
+    check_storage(spec.base["run"]["storage"])
     exp_dir = Path(spec.base["run"]["storage"]) / "tune" / spec.name
     if not resume and Tuner.can_restore(str(exp_dir)):
         raise ConfigError("name", f"experiment {exp_dir} exists; resume it, pass another name or delete it")
@@ -176,9 +202,6 @@ def tune(
         if started:
             stop_ray()
     rows = collect_rows(grid, spec, exp_dir)
-    md, csv_path = report.write_table(rows, spec, exp_dir)
-    best = report.pick_best(rows, spec.tune.mode)
-    best_cfg = report.write_best_config(best, spec, exp_dir) if best is not None else None
-    png = report.plot_params(rows, spec, exp_dir)
-    return TuneOutcome(str(exp_dir), rows, best, str(best_cfg) if best_cfg else None, str(md), str(csv_path),
-                       str(png) if png else None, resumed, concurrency, spec.notes)
+    out = report.write_outputs(rows, spec, exp_dir)
+    return TuneOutcome(str(exp_dir), rows, out.ranking, out.best, out.best_config, out.results_md,
+                       out.results_csv, out.plot, resumed, concurrency, spec.notes)

@@ -16,6 +16,13 @@ File format (tune_configs/*.yaml)::
       optim.lr: {uniform: [0.001, 0.01]}
       pace.ctr_mode: {grid: [none, same_context]}
     tune: {metric: proxy_top1, mode: max, num_samples: 8, scheduler: asha, search: random, max_t: 3}
+    reference: {source: ..., metric: ..., rows: [...]}   # optional: published numbers (vpace.tune.reference)
+
+`tune.repeats: N` runs every configuration with the seeds run.seed + 0 .. N-1 (one trial each) and ranks it
+by the mean: for random/grid search a grid over the seed index whose random values stay constant across it
+(Tune's `constant_grid_search`; Tune's `Repeater` wraps only a `Searcher`), for Optuna Tune's `Repeater`,
+which also hands Optuna the mean. It needs `scheduler: fifo`: ASHA would judge each seed on its own, so
+the seeds of one configuration would end at different epochs and their mean would mix budgets.
 """
 
 from __future__ import annotations
@@ -29,13 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from vpace.config import Config, ConfigError, deep_merge, from_dict, load_config, resolve_config_path
+from vpace.tune.reference import Reference, parse_reference
 
-SECTIONS = ("base", "set", "proxy", "space", "tune")
+SECTIONS = ("base", "set", "proxy", "space", "tune", "reference")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform")
 PROXY_METRICS = ("proxy_top1", "proxy_top5", "proxy_map", "proxy_knn")  # what vpace.tune.proxy reports
+INTERVAL_LEVEL, INTERVAL_RESAMPLES = 0.95, 1000  # bootstrap interval over the query videos, per proxy metric
+REPEAT_KEY = "__trial_index__"  # a trial's seed index (ray.tune.search.repeater.TRIAL_INDEX, for both paths)
 # Searching these would make trials incomparable (objective, resources) or clash with per-trial run dirs.
 FORBIDDEN = {
     "proxy": "the objective must be the same for every trial",
@@ -44,6 +55,11 @@ FORBIDDEN = {
     "run.storage": "trials run under the experiment dir",
 }
 MAX_COMBOS_CHECKED = 512  # categorical cross products up to this size are checked combination by combination
+
+
+def interval_keys(metric: str) -> tuple[str, str]:
+    """Result keys of the low / high end of a proxy metric's bootstrap interval."""
+    return f"{metric}_lo", f"{metric}_hi"
 
 
 class SearchSpaceError(ConfigError):
@@ -69,6 +85,7 @@ class TuneSettings:
     max_concurrent: int | None = None  # cap below what the cluster allows
     max_failures: int = 1  # per trial, on the Tune side (a crashed trial driver restarts and resumes)
     seed: int | None = None  # seed of the random / optuna sampler (None: not reproducible)
+    repeats: int = 1  # seeds per configuration (run.seed + 0 .. repeats-1); ranked by their mean
 
 
 @dataclass
@@ -94,10 +111,30 @@ class SearchSpec:
     dims: list[Dimension]
     tune: TuneSettings
     notes: list[str] = field(default_factory=list)
+    reference: Reference | None = None  # published numbers shown beside the results (not part of `digest`)
 
     def trial_config(self, params: dict[str, Any]) -> Config:
-        """The pre-training config of one trial (dotted params over the base); validated."""
-        return load_config(data=deep_merge(self.base, nest(params)))
+        """The pre-training config of one trial (dotted params over the base, the seed index of a repeat
+        added to run.seed); validated."""
+        params = dict(params)
+        index = int(params.pop(REPEAT_KEY, 0) or 0)
+        cfg = load_config(data=deep_merge(self.base, nest(params)))
+        cfg.run.seed += index
+        return cfg
+
+    @property
+    def budget(self) -> int:
+        """Epochs of a trial that runs the full budget (`tune.max_t`, default optim.epochs)."""
+        return self.tune.max_t or int(self.base["optim"]["epochs"])
+
+    def rungs(self) -> list[int]:
+        """Epochs at which trials are compared, ascending: ASHA's milestones (its own formula, one bracket)
+        and the full budget; only the budget without ASHA."""
+        t, top = self.tune, self.budget
+        if t.scheduler != "asha":
+            return [top]
+        count = int(np.log(top / t.grace_period) / np.log(t.reduction_factor) + 1)
+        return sorted({*(t.grace_period * t.reduction_factor ** k for k in range(count)), top})
 
     def base_config(self) -> Config:
         return load_config(data=self.base)
@@ -113,6 +150,8 @@ class SearchSpec:
         from ray import tune
 
         out: dict[str, Any] = {}
+        if self.tune.repeats > 1 and self.tune.search != "optuna":  # optuna: Repeater sets the index
+            out[REPEAT_KEY] = tune.grid_search(list(range(self.tune.repeats)))
         for d in self.dims:
             if d.kind == "grid" or (d.kind == "choice" and self.tune.search == "grid"):
                 out[d.key] = tune.grid_search(list(d.values))
@@ -251,6 +290,10 @@ def _check_tune(t: TuneSettings, cfg: Config, path: str) -> None:
     check(t.workers_per_trial is None or t.workers_per_trial >= 1, "workers_per_trial", "must be >= 1")
     check(t.max_concurrent is None or t.max_concurrent >= 1, "max_concurrent", "must be >= 1")
     check(t.max_failures >= 0, "max_failures", "must be >= 0")
+    check(t.repeats >= 1, "repeats", "must be >= 1")
+    check(t.repeats == 1 or t.scheduler == "fifo", "repeats",
+          "repeats > 1 needs scheduler: fifo (ASHA would stop each seed on its own result, so the seeds of a "
+          "configuration would end at different epochs and their mean would mix budgets)")
     if t.search == "optuna":
         try:
             import optuna  # noqa: F401
@@ -318,7 +361,7 @@ def load_spec(path: str | Path, *, name: str | None = None, overrides: list[str]
         notes.append(f"trials run with a fixed {workers} worker(s) (scale.min_workers = scale.max_workers = "
                      f"{workers}) so concurrent trials cannot take each other's CPUs/GPUs")
         cfg.scale.min_workers = cfg.scale.max_workers = workers
-    from vpace.train.task import resolve_paths  # (vpace.train imports torch: only once a file is valid)
+    from vpace.paths import resolve_paths
 
     if cfg.proxy.index is None:  # the pre-training data's train/test splits: the usual gallery/queries
         cfg.proxy.index = cfg.data.index
@@ -331,9 +374,16 @@ def load_spec(path: str | Path, *, name: str | None = None, overrides: list[str]
 
     dims = [_parse_dimension(k, v, base, tune_settings.search, str(path)) for k, v in space.items()]
     _check_combinations(base, dims, str(path))
+    if tune_settings.repeats > 1 and any(d.key == "run.seed" for d in dims):
+        raise SearchSpaceError("space.run.seed", "cannot be searched with tune.repeats > 1: the repeats set "
+                               "the seed", path)
     if tune_settings.search == "optuna" and any(d.kind == "grid" for d in dims):
         bad = next(d.key for d in dims if d.kind == "grid")
         raise SearchSpaceError(f"space.{bad}", "optuna cannot take grid entries; use choice", path)
     if tune_settings.num_samples is None:
         tune_settings.num_samples = 1 if tune_settings.search == "grid" else 8
-    return SearchSpec(str(path.resolve()), name or path.stem, base, dims, tune_settings, notes)
+    reference = None
+    if raw.get("reference") is not None:
+        reference = parse_reference(raw["reference"], dims,
+                                    lambda entry, msg: SearchSpaceError(entry, msg, path))
+    return SearchSpec(str(path.resolve()), name or path.stem, base, dims, tune_settings, notes, reference)

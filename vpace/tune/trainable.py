@@ -1,7 +1,7 @@
 """The Tune trainable: one trial = one pre-training `TorchTrainer` run (Train V2: Train inside a trainable).
 
-How the proxy reaches ASHA: rank 0 measures it at epoch ends (`ProxyPretrainTask.epoch_metrics`, called by
-the training loop) and reports it with that epoch's checkpoint through `ray.train.report`.
+How the proxy reaches ASHA: rank 0 measures it at epoch ends (`PROXY_PRETRAIN.epoch_metrics`, called by the
+training loop) and reports it with that epoch's checkpoint through `ray.train.report`.
 `ProxyReportCallback`, a Train V2 user callback running in the Train controller, hands exactly those reports
 (rank 0's, plus the checkpoint path) to the trial, whose `step()` returns them to Tune one by one. Mid-epoch
 checkpoint reports carry no proxy and are not forwarded: Tune rejects results without the metric, and ASHA
@@ -80,11 +80,11 @@ class PretrainTrial(tune.Trainable):
 
     def _fit(self) -> None:
         from vpace.train import run_task
-        from vpace.tune.proxy import ProxyPretrainTask
+        from vpace.tune.proxy import PROXY_PRETRAIN
 
         try:
             callback = ProxyReportCallback(self.queue, self.metric)
-            result = run_task(ProxyPretrainTask(), self.cfg, callbacks=[callback])
+            result = run_task(PROXY_PRETRAIN, self.cfg, callbacks=[callback])
             self.queue.put(("end", result.history, None))
         except BaseException:  # handed to step(), which raises it in Tune's thread (text: always picklable)
             self.queue.put(("error", traceback.format_exc(), None))

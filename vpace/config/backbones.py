@@ -1,10 +1,8 @@
-"""The backbone registry: every name `vpace.models.build_backbone` accepts and where it is built, in a module
-that imports nothing.
+"""The backbone registry: every name `vpace.models.build_backbone` accepts and where it is built, as data.
 
-Why a module of its own: config validation must reject an unknown ``model.backbone`` before Ray starts, but
-config sits below models (docs/ARCHITECTURE.md, "Layers") and must not import torch-heavy model code. So the
-registry is data - the module under ``vpace.models``, the constructor and its leading arguments - which
-`vpace.models` resolves on first use, and config validation reads the names from the same table.
+Config validation must reject an unknown ``model.backbone`` before Ray starts without importing torch-heavy
+model code, so the registry names the module under ``vpace.models``, the constructor and its leading
+arguments; `vpace.models` resolves them on first use.
 """
 
 from __future__ import annotations

@@ -1,15 +1,16 @@
-"""Semantic validation of a loaded `Config`: checks that types alone cannot express.
+"""Semantic checks of a loaded `Config` that types alone cannot express; every error names the dotted field.
 
-Split from `vpace.config` to keep each module small; every error names the dotted field. It imports nothing
-of `vpace.config` (which imports it), so `validate` takes the config untyped.
+The allowed values of each choice field are stated here once (`METHODS`, `LOADERS`, ...); the modules that act
+on a choice import the list from here.
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any
 
-from vpace.backbone_names import unknown_backbone
+from vpace.config.backbones import unknown_backbone
+from vpace.config.paces import parse_pace_set
+from vpace.config.schema import AugmentConfig, Config
 from vpace.errors import UserError
 from vpace_kernels.limits import TAU_RANGE
 
@@ -21,6 +22,7 @@ OPTIMIZERS = ("sgd", "adamw")
 # the video, looping only when the video is shorter than the clip (paper §3.1); `wrap` anywhere (official
 # code)
 START_POLICIES = ("fit", "wrap")
+LOADERS = ("torch", "ray_data")  # where clips are decoded (vpace.train.data_source)
 
 
 class ConfigError(UserError):
@@ -31,23 +33,12 @@ class ConfigError(UserError):
         self.field_name = field_name
 
 
-def parse_fraction_list(text: str, name: str) -> tuple[Fraction, ...]:
-    """'1/3,1/2,1,2' -> sorted unique Fractions; the error names the field and the bad item."""
-    items = [s.strip() for s in str(text).split(",") if s.strip()]
-    if not items:
-        raise ConfigError(name, "must list at least one value, e.g. '1,2,3,4'")
-    out = []
-    for s in items:
-        try:
-            fr = Fraction(s)
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(name, f"'{s}' is not a number or fraction like 1/3") from None
-        if fr <= 0:
-            raise ConfigError(name, f"'{s}' must be > 0")
-        out.append(fr)
-    if len(set(out)) != len(out):
-        raise ConfigError(name, f"duplicate values in '{text}'")
-    return tuple(sorted(out))
+def pace_set_field(text: str, name: str) -> tuple[Fraction, ...]:
+    """`parse_pace_set` of a config field: its error names the field."""
+    try:
+        return parse_pace_set(text)
+    except ValueError as e:
+        raise ConfigError(name, str(e)) from None
 
 
 def _check(cond: bool, name: str, msg: str) -> None:
@@ -55,7 +46,7 @@ def _check(cond: bool, name: str, msg: str) -> None:
         raise ConfigError(name, msg)
 
 
-def augment_problem(a: Any, height: int, width: int) -> tuple[str, str] | None:
+def augment_problem(a: AugmentConfig, height: int, width: int) -> tuple[str, str] | None:
     """The first out-of-range field of `AugmentConfig` ``a`` for ``height x width`` frames and why, or None.
 
     The one home of these ranges (torchvision's RandomCrop / ColorJitter / RandomApply): config validation
@@ -76,8 +67,8 @@ def augment_problem(a: Any, height: int, width: int) -> tuple[str, str] | None:
     return None
 
 
-def validate(cfg: Any) -> None:
-    """Semantic checks of a `vpace.config.Config` that types alone cannot express."""
+def validate(cfg: Config) -> None:
+    """Raise `ConfigError` (naming the field) at the first value out of range or inconsistent with another."""
     _check(cfg.method in METHODS, "method", f"must be one of {METHODS}, got {cfg.method!r}")
     d, a, o, s = cfg.data, cfg.augment, cfg.optim, cfg.scale
     _check(bool(d.index), "data.index", "must name a data folder, split dir, CSV or index JSON")
@@ -86,6 +77,14 @@ def validate(cfg: Any) -> None:
     _check(d.clips_per_video >= 1, "data.clips_per_video", "must be >= 1")
     _check(d.epoch_size is None or d.epoch_size >= 1, "data.epoch_size", "must be >= 1")
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _check(d.loader in LOADERS, "data.loader", f"must be one of {LOADERS}, got {d.loader!r}")
+    _check(all(v > 0 for v in d.decode_resources.values()), "data.decode_resources",
+           f"amounts must be > 0, got {d.decode_resources}")
+    _check(d.decode_concurrency is None or d.decode_concurrency >= 1, "data.decode_concurrency",
+           "must be >= 1")
+    _check(d.prefetch_batches >= 0, "data.prefetch_batches", "must be >= 0")
+    _check(d.object_store_memory is None or d.object_store_memory >= 1, "data.object_store_memory",
+           "must be >= 1 (bytes)")
     _check(d.decode_threads >= 0, "data.decode_threads", "must be >= 0")
     _check(d.start in START_POLICIES, "data.start", f"must be one of {START_POLICIES}, got {d.start!r}")
     if (problem := augment_problem(a, d.height, d.width)) is not None:
@@ -95,7 +94,7 @@ def validate(cfg: Any) -> None:
     _check(problem is None, "model.backbone", str(problem))
 
     p = cfg.pace
-    paces = parse_fraction_list(p.paces, "pace.paces")
+    paces = pace_set_field(p.paces, "pace.paces")
     _check(p.lambda_cls >= 0, "pace.lambda_cls", f"must be >= 0, got {p.lambda_cls}")
     _check(p.lambda_ctr >= 0, "pace.lambda_ctr", f"must be >= 0, got {p.lambda_ctr}")
     _check(p.ctr_mode in CTR_MODES, "pace.ctr_mode", f"must be one of {CTR_MODES}, got {p.ctr_mode!r}")
@@ -115,7 +114,7 @@ def validate(cfg: Any) -> None:
             _check(p.lambda_cls > 0, "pace.lambda_cls", "method 'pace' needs lambda_cls > 0")
 
     r = cfg.rspnet
-    speeds = parse_fraction_list(r.speeds, "rspnet.speeds")
+    speeds = pace_set_field(r.speeds, "rspnet.speeds")
     if cfg.method == "rspnet":
         _check(len(speeds) >= 2, "rspnet.speeds", "relative speed needs at least 2 speeds")
         _check(r.weight_a >= 0 and r.weight_m >= 0, "rspnet.weight_a", "weights must be >= 0")
@@ -140,6 +139,9 @@ def validate(cfg: Any) -> None:
     _check(s.min_workers >= 1, "scale.min_workers", "must be >= 1")
     _check(s.max_workers >= s.min_workers, "scale.max_workers", "must be >= scale.min_workers")
     _check(s.cpus_per_worker > 0, "scale.cpus_per_worker", "must be > 0")
+    _check(all(v > 0 for v in s.worker_resources.values()) and not {"CPU", "GPU"} & set(s.worker_resources),
+           "scale.worker_resources", f"custom resources with amounts > 0 (CPU and GPU have their own fields), "
+           f"got {s.worker_resources}")
     _check(s.max_failures >= -1, "scale.max_failures", "must be >= -1 (-1 = unlimited)")
     _check(s.checkpoint_every >= 1, "scale.checkpoint_every", "must be >= 1")
     _check(s.num_to_keep >= 1, "scale.num_to_keep", "must be >= 1")
@@ -151,4 +153,3 @@ def validate(cfg: Any) -> None:
     _check(px.layer in ("p4", "p5"), "proxy.layer", f"must be 'p4' or 'p5', got {px.layer!r}")
     _check(px.max_videos is None or px.max_videos >= 1, "proxy.max_videos", "must be >= 1")
     _check(bool(cfg.run.name) and "/" not in cfg.run.name, "run.name", "must be a non-empty name without '/'")
-    _check(cfg.run.fail_mode in ("raise", "exit"), "run.fail_mode", "must be 'raise' or 'exit'")
