@@ -85,6 +85,40 @@ def copy_bandwidth(device: str | torch.device, nbytes: int = 1 << 30) -> tuple[f
     return 2 * nbytes / t.median / 1e9, t
 
 
+def loader_rate(dataset, workers: int, batch: int, collate: Callable, reps: int = 3) -> float:
+    """Items per second a ``DataLoader`` with ``workers`` processes delivers: wall time (the work is in the
+    workers) of one round - a batch from every worker - after a first round that pays for their start."""
+    from torch.utils.data import DataLoader
+
+    batches = iter(DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=collate))
+    t = bench(lambda: [next(batches) for _ in range(workers)], reps=reps, clock="wall")
+    return workers * batch / t.median  # (the workers stop when the iterator goes with this frame)
+
+
+def aot_rows(kernel: str, shipped: Callable[[int], list], archs: tuple[int, ...] = (80, 90)) -> list[dict]:
+    """What runs, compiled ahead of time for each arch with no GPU: the kernel module's ``shipped_launches``
+    for that arch through ``vpace_kernels.aot.aot_compile_launches``. Per launch: registers, spill bytes,
+    shared memory, warps, stages, wgmma (1) or not (0) and resident blocks per SM; the provider names the
+    Triton version, the shape the arch, the launch's tiles and its grid."""
+    import triton
+
+    from vpace_kernels.aot import aot_compile_launches
+
+    rows = []
+    for arch in archs:
+        for rec, _, res in aot_compile_launches(shipped(arch), archs=(arch,)):
+            tiles = " ".join(f"{k}={v}" for k, v in rec.kwargs.items() if k not in ("num_warps",
+                                                                                       "num_stages"))
+            row = dict(kernel=f"{kernel}{rec.name}", provider=f"triton_aot_{triton.__version__}",
+                       shape=f"sm_{arch} {tiles} grid {'x'.join(map(str, rec.grid))}",
+                       device=f"sm_{arch} (ptxas, no GPU)")
+            rows += [{**row, "metric": metric, "value": value} for metric, value in (
+                ("registers", res.registers), ("spill_bytes", res.spill_bytes), ("shared_bytes", res.shared),
+                ("num_warps", res.num_warps), ("num_stages", res.num_stages), ("wgmma", int(res.wgmma)),
+                ("blocks_per_sm", res.blocks_per_sm))]
+    return rows
+
+
 def append_rows(path: Path, rows: list[dict]) -> None:
     """Append rows (missing columns filled in) to a CSV with the shared header."""
     path.parent.mkdir(parents=True, exist_ok=True)

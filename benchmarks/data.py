@@ -16,8 +16,8 @@ side 128, a keyframe every 16 frames, x264 fastdecode), and measures in one proc
 On the x264-default raw videos also: ``decode_only`` (the reader alone), ``dataset_cached`` (the decoded-frame
 cache) and ``naive_decode_all`` (decode every frame, then index), clips per CPU-second.
 
-``feed_rows`` (step 5 of ``make gpu-check``): can a GPU node's CPUs feed the training step? The pace-clip
-pipeline's clips/s through a DataLoader with 1, 4, 8 and 16 workers on the same camera-like videos.
+Step 5 of ``make gpu-check`` (``benchmarks/gpu_check.py: feed_rows``) measures the same pipeline through a
+DataLoader with 1-16 workers, raw and prepared, on a GPU node's CPUs.
 
 ``python benchmarks/data.py decord DIR`` is a stand-alone random-access probe (decord + numpy + av only) used
 to compare decord and decord2 in separate venvs; see docs/decord.md.
@@ -148,41 +148,6 @@ def run(out_dir: Path) -> None:
     print(f"  prepared vs raw, mean: {np.mean(speedups):.2f}x the clips per CPU-second (goal >= 3x), "
           f"{np.mean(shrink):.2f}x the bytes (goal <= 0.5x)", flush=True)
     append_rows(Path(out_dir) / "data.csv", rows)
-
-
-def feed_rows(workers: tuple[int, ...] = (1, 4, 8, 16), small: bool = False) -> list[dict]:
-    """Step 5 of ``make gpu-check``: clips/s the pace-clip pipeline delivers through a DataLoader with each
-    number of ``workers`` (the paper's recipe: batches of 30 videos x 2 clips of 16 frames at 128x171).
-
-    Wall-clock time (the work happens in the worker processes) of one round - one batch from every worker -
-    after a first round that pays for their start. ``small``: 2 short videos, batches of 2 (the dry run).
-    """
-    import tempfile
-
-    from torch.utils.data import DataLoader
-
-    from benchmarks.common import bench
-    from benchmarks.videos import write_camera_set
-    from vpace.data import PaceClipDataset, VideoEntry, VideoIndex, collate_clips
-
-    batch, frames = (2, 40) if small else (30, FRAMES)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        paths, codec = write_camera_set(Path(tmp), 2 if small else VIDEOS, "x264_default", frames)
-        index = VideoIndex([VideoEntry(str(p), 0, "all") for p in paths], ["bench"], tmp)
-        ds = PaceClipDataset(index, PACES, clip_len=CLIP_LEN, clips_per_video=CLIPS_PER_VIDEO, seed=0,
-                             epoch_size=100_000)
-        shape = (f"{len(paths)} videos {WIDTH}x{HEIGHT} {frames / FPS:.0f}s {codec} -> batch {batch}x"
-                 f"{CLIPS_PER_VIDEO}x{CLIP_LEN}x128x171 paces {PACES}")
-        for w in workers:
-            loader = DataLoader(ds, batch_size=batch, num_workers=w, collate_fn=collate_clips)
-            it = iter(loader)
-            t = bench(lambda w=w, it=it: [next(it) for _ in range(w)], reps=1 if small else 3, clock="wall")
-            del it, loader  # stops the workers
-            rows.append(dict(kernel="pace_clips", provider=f"dataloader_{w}_workers", shape=shape,
-                             metric="clips/s", value=f"{w * batch * CLIPS_PER_VIDEO / t.median:.1f}"))
-            print(f"  {w:2d} workers: {rows[-1]['value']} clips/s", flush=True)
-    return rows
 
 
 def decord_random_access(paths: list[Path], batches: int = 12, frames: int = 24, seed: int = 0) -> dict:

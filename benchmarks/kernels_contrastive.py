@@ -15,8 +15,9 @@ GPU (``gpu_rows``, ``make gpu-check``): fused (Triton) vs eager forward + backwa
 fp32 and bf16, timed with ``triton.testing.do_bench``; peak memory is ``torch.cuda.max_memory_allocated``
 above what was allocated before the call. Eager rows that do not fit in the GPU's memory say so.
 
-Every shipped Triton config is also compiled ahead of time for sm_80 and sm_90 (``vpace_kernels.aot``) and
-the registers / spill bytes / static shared memory that ``ptxas -v`` and Triton report are recorded.
+What runs is also compiled ahead of time for sm_80 and sm_90 (``benchmarks.common.aot_rows``: the launches
+forward + backward make for the shipped D, with the JIT's specialisation): registers and spill bytes from
+``ptxas -v``, shared memory, wgmma or not and resident blocks per SM.
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Checks, append_rows, bench, device_label, timing_rows
-from vpace_kernels.aot import aot_compile_configs
-from vpace_kernels.contrastive import contrastive_loss, shipped_configs
+from benchmarks.common import Checks, aot_rows, append_rows, bench, device_label, timing_rows
 
 SHAPES = (1024, 4096, 8192)
 GPU_SHAPES = (4096, 8192, 16384, 65536)
@@ -47,6 +46,8 @@ def _inputs(n: int, d: int = DIM, device: str = "cpu", dtype=torch.float32):
 
 def _step(z: torch.Tensor, labels: torch.Tensor, backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward + backward; returns (loss, dz)."""
+    from vpace_kernels.contrastive import contrastive_loss
+
     loss = contrastive_loss(z, z, labels, backend=backend)
     loss.backward()
     grad, z.grad = z.grad, None
@@ -147,16 +148,14 @@ def gpu_rows(device: str, checks: Checks, small: bool = False) -> list[dict]:
     return [{**r, "device": device_label(device)} for r in rows]
 
 
-def _aot_rows() -> list[dict]:
-    rows = []
-    for name, arch, res in aot_compile_configs(shipped_configs(), archs=(80, 90)):
-        for metric, value in (("registers", res.registers), ("spill_bytes", res.spill_bytes),
-                              ("shared_bytes", res.shared), ("num_warps", res.num_warps)):
-            rows.append(dict(kernel=f"contrastive{name}", provider="triton_aot", shape=f"sm_{arch}",
-                             metric=metric, value=value, device=f"sm_{arch} (ptxas, no GPU)"))
+def aot_only_rows() -> list[dict]:
+    """What runs, compiled ahead of time for sm_80 / sm_90 (``benchmarks.common.aot_rows``)."""
+    from vpace_kernels.contrastive import shipped_launches
+
+    rows = aot_rows("contrastive", shipped_launches)
     spills = [r for r in rows if r["metric"] == "spill_bytes" and r["value"]]
-    print(f"contrastive AOT: {len(shipped_configs())} configs x 2 archs compiled, "
-          f"{len(spills)} with spills", flush=True)
+    print(f"contrastive AOT: {len(rows) // 7} launches compiled (sm_80, sm_90), {len(spills)} with spills",
+          flush=True)
     return rows
 
 
@@ -167,7 +166,7 @@ def run(out_dir: Path) -> None:
     gpu = gpu_rows("cuda", checks) if torch.cuda.is_available() else []
     if checks.failures:
         raise RuntimeError("contrastive: wrong GPU results: " + "; ".join(checks.failures))
-    append_rows(Path(out_dir) / "kernels.csv", _cpu_rows() + gpu + _aot_rows())
+    append_rows(Path(out_dir) / "kernels.csv", _cpu_rows() + gpu + aot_only_rows())
 
 
 if __name__ == "__main__":

@@ -48,9 +48,9 @@ _TILES[90] = {
     # BLOCK_DV 64), else the portable mma tiles that fit 2 blocks per SM.
     ("fwd", "16", 128): (64, 64, 4, 3), ("fwd", "16", 256): (64, 64, 4, 2),
     ("fwd", "32", 128): (64, 32, 4, 2), ("fwd", "32", 256): (16, 32, 4, 2),
-    ("dq", "16", 128): (64, 64, 4, 3), ("dq", "16", 256): (64, 64, 4, 2),
+    ("dq", "16", 128): (64, 64, 4, 3), ("dq", "16", 256): (64, 32, 4, 3),
     ("dq", "32", 128): (64, 16, 4, 2, 64), ("dq", "32", 256): (16, 32, 4, 2, 128),
-    ("dk", "16", 128): (64, 64, 4, 3), ("dk", "16", 256): (64, 64, 4, 2),
+    ("dk", "16", 128): (64, 64, 4, 3), ("dk", "16", 256): (32, 64, 4, 3),
     ("dk", "32", 128): (16, 64, 4, 2, 64), ("dk", "32", 256): (32, 16, 4, 2, 128),
 }
 
@@ -215,9 +215,9 @@ def _launch(name: str, q: torch.Tensor, *args) -> None:
     bm, bn, warps, stages, const = _config(name, d, dtype, target_arch(q.device))
     slices = const["BLOCK_D"] // const.get("BLOCK_DV", const["BLOCK_D"])
     grid = (triton.cdiv(n, bn if name == "dk" else bm), slices)
-    rec = Launch(f"[{name},D{const['BLOCK_D']},{TRITON_DTYPES.get(dtype, dtype)}]", _KERNELS[name], grid, args,
-                 dict(const, num_warps=warps, num_stages=stages))
-    launch(rec, q.device)
+    label = f"[{name},D{const['BLOCK_D']},{TRITON_DTYPES.get(dtype, dtype)}]"
+    options = dict(const, num_warps=warps, num_stages=stages)
+    launch(Launch(label, _KERNELS[name], grid, args, options), q.device)
 
 
 def _triton_forward(q, k, queue, labels, scale, exclude):
@@ -225,8 +225,8 @@ def _triton_forward(q, k, queue, labels, scale, exclude):
     lse, pos, cnt = (torch.empty(n, device=q.device, dtype=torch.float32) for _ in range(3))
     qu = q if queue is None else queue
     nq = 0 if queue is None else queue.shape[0]
-    _launch("fwd", q, q, k, qu, labels, lse, pos, cnt, n, nq, d, q.stride(0), k.stride(0), qu.stride(0), scale,
-            int(exclude))
+    _launch("fwd", q, q, k, qu, labels, lse, pos, cnt, n, nq, d, q.stride(0), k.stride(0), qu.stride(0),
+            scale, int(exclude))
     return lse, pos, cnt
 
 
@@ -380,6 +380,7 @@ def shipped_launches(arch: int = PLANNING_ARCH,
                 labels = torch.empty(_PLAN_ROWS, dtype=torch.int64, device="meta")
                 lse, _, cnt = _triton_forward(q, k, queue, labels, 1 / 0.07, True)
                 w = torch.where(cnt > 0, 1.0 / _PLAN_ROWS, 0.0)
-                _triton_backward(q, k, queue, labels, lse, w, w / cnt.clamp(min=1), 1 / 0.07, True, True, True)
+                c = w / cnt.clamp(min=1)
+                _triton_backward(q, k, queue, labels, lse, w, c, 1 / 0.07, True, True, True)
         out += launches
     return out

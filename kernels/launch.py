@@ -1,7 +1,7 @@
 """How every Triton kernel here is launched: a :class:`Launch` record, run under its tensors' device guard.
 
 Why records: the launch path of each op (argument checks, packing, allocation, the launches themselves) also
-runs on ``meta`` tensors, which hold no data. There each launch is recorded instead of run (:func:`recording`).
+runs on ``meta`` tensors, which hold no data. There each launch is recorded, not run (:func:`recording`).
 That proves the path never reads a device value (a meta tensor has none to read, so any ``.item()``,
 ``bool()`` or device-to-host copy raises), and it hands ``aot.py`` the exact arguments the JIT specialises on
 (dtypes, 16-byte pointer alignment, integer divisibility) for the shapes the project ships.

@@ -1,23 +1,20 @@
 """Fused pace gather + crop + flip + per-frame color jitter + normalize (Liger style).
 
 The pace paper jitters every frame independently; eagerly that is a Python loop over B*T frames with a dozen
-full float passes each (hue's RGB->HSV->RGB dominates). Here every output pixel is produced in one go.
-The contract (layouts, parameter record, op codes, torchvision semantics, validation) is
-``pace_jitter_spec``; contrast blends with the gray mean of the current frame, so the fused versions compute
-that mean in a first pass.
+full float passes each (hue's RGB->HSV->RGB dominates). Here every output pixel is produced in one go. The
+contract (layouts, parameter record, op codes, torchvision semantics, validation) is ``pace_jitter_spec``;
+contrast blends with the gray mean of the current frame, so the fused versions compute that mean first.
 
 Four implementations of one contract:
   * ``pace_jitter_reference``: frame by frame with torchvision - the ground truth.
-  * ``_pace_jitter_kernel``, launched by ``pace_jitter_triton``: one Triton launch, a program per output
-    frame (b, t): pass 1 over the frame for the gray mean before contrast, pass 2 applies everything, stores.
-    CUDA tensors, and CPU tensors under ``TRITON_INTERPRET=1`` (tests).
-  * ``pace_jitter_cpu`` (``pace_jitter_cpu.py``): the same two passes per frame as a small C kernel built on
-    first use, threads over frames.
-  * ``pace_jitter_eager`` (``pace_jitter_eager.py``): batched plain torch on any device, frames grouped by op
-    order; the fallback without a C compiler and the "batched eager" baseline of the GPU benchmark.
+  * ``pace_jitter_triton``: two launches over (output frame, slice of its tiles) programs, so a batch of any
+    size fills the GPU: per-slice gray sums before contrast, then every op, normalize, store. CUDA tensors,
+    and CPU tensors under ``TRITON_INTERPRET=1`` (tests).
+  * ``pace_jitter_cpu`` (``pace_jitter_cpu.py``): the same two passes per frame as a small C kernel.
+  * ``pace_jitter_eager`` (``pace_jitter_eager.py``): batched plain torch on any device; the fallback without
+    a C compiler and the "batched eager" baseline of the GPU benchmark.
 
-No autograd: this is input preprocessing of uint8 video, there is nothing upstream to differentiate.
-Bytes moved per version: see ``benchmarks/kernels_jitter.py``.
+No autograd: this is input preprocessing of uint8 video. Bytes moved: ``benchmarks/kernels_jitter.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .launch import PLANNING_ARCH, Launch, launch, recording, sm_count, to_device
 from .pace_jitter_cpu import pace_jitter_cpu
 from .pace_jitter_eager import pace_jitter_eager
 from .pace_jitter_spec import (
@@ -34,12 +32,10 @@ from .pace_jitter_spec import (
     BRIGHTNESS,
     CONTRAST,
     HUE,
-    OUT_DTYPES,
     SATURATION,
     JitterParams,
     validate,
 )
-from .launch import PLANNING_ARCH, Launch, launch, recording, sm_count, to_device
 from .utils import TRITON_DTYPES, triton_can_run
 
 __all__ = ["JitterParams", "pace_jitter", "pace_jitter_reference", "pace_jitter_triton", "pick_backend",
@@ -163,22 +159,59 @@ def _frame(index_ptr, rec_ptr, f, T, F, H, W):
 
 @triton.jit
 def _tile(tile, n_cb, h, w, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Rows x columns of crop tile ``tile`` (row-major over ``n_cb`` column blocks): no per-pixel div/mod."""
+    """Crop tile ``tile`` (row-major over ``n_cb`` column blocks): rows [ROWS], 4-pixel groups, pixels
+    ``x = 4 g + lane`` [groups, 4] and the in-crop mask [ROWS, groups, 4]; no per-pixel div/mod."""
     rb = tile // n_cb
     y = rb * ROWS + tl.arange(0, ROWS)
-    x = (tile - rb * n_cb) * BLOCK_W + tl.arange(0, BLOCK_W)
-    return y, x, (y[:, None] < h) & (x[None, :] < w)
+    g = (tile - rb * n_cb) * (BLOCK_W // 4) + tl.arange(0, BLOCK_W // 4)
+    x = 4 * g[:, None] + tl.arange(0, 4)[None, :]
+    return y, g, x, (y[:, None, None] < h) & (x[None, :, :] < w)
 
 
 @triton.jit
-def _load_rgb(frames_ptr, src_base, r, y, x, mask, W, w):
-    """The tile's pixels of the (flipped) crop as three fp32 planes in 0..1."""
-    xs = tl.load(r + 1) + tl.where(tl.load(r + 2) != 0, w - 1 - x, x)
-    addr = src_base + (y[:, None] * W + xs[None, :]).to(tl.int64) * 3
-    red = tl.load(frames_ptr + addr, mask=mask, other=0).to(tl.float32) * (1.0 / 255.0)
-    green = tl.load(frames_ptr + addr + 1, mask=mask, other=0).to(tl.float32) * (1.0 / 255.0)
-    blue = tl.load(frames_ptr + addr + 2, mask=mask, other=0).to(tl.float32) * (1.0 / 255.0)
+def _word(words, j, word, n_words):
+    """Word ``j`` of each group (as uint64), 0 outside the frames (only out-of-crop pixels read there)."""
+    ok = (word + j >= 0) & (word + j < n_words)
+    return tl.load(words + j, mask=ok, other=0).to(tl.uint64)
+
+
+@triton.jit
+def _lanes(p0, p1, p2, p3, flip, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Source pixels 0..3 of each group -> [ROWS, groups, 4] fp32 in 0..1, output order (flipped: reversed);
+    join + reshape keep the 4 in one thread, so the stores stay vectors with no shared-memory shuffle."""
+    a = tl.join(tl.where(flip, p3, p0), tl.where(flip, p1, p2))
+    b = tl.join(tl.where(flip, p2, p1), tl.where(flip, p0, p3))
+    return tl.reshape(tl.join(a, b), [ROWS, BLOCK_W // 4, 4]).to(tl.float32) * (1.0 / 255.0)
+
+
+@triton.jit
+def _load_rgb(frames_ptr, n_words, src_base, r, y, g, W, w, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+    """The tile's pixels of the (flipped) crop as three fp32 [ROWS, groups, 4] planes in 0..1.
+
+    A group's 12 RGB bytes start at any byte offset (crop left, row stride 3 W), so they are read as the four
+    32-bit words around them (4 loads per 4 pixels instead of 12 byte loads), funnel-shifted into place and
+    split. The frames buffer is 4-byte aligned and a multiple of 4 bytes long (``pace_jitter_triton``)."""
+    flip = tl.load(r + 2) != 0
+    xs = tl.load(r + 1) + tl.where(flip, w - 4 - 4 * g, 4 * g)  # the first source pixel of each group
+    byte = src_base + (y[:, None] * W + xs[None, :]).to(tl.int64) * 3
+    word = byte >> 2
+    shift = ((byte & 3) * 8).to(tl.uint64)
+    words = frames_ptr.to(tl.pointer_type(tl.uint32)) + word
+    w0, w1 = _word(words, 0, word, n_words), _word(words, 1, word, n_words)
+    w2, w3 = _word(words, 2, word, n_words), _word(words, 3, word, n_words)
+    v0 = (((w1 << 32) | w0) >> shift).to(tl.uint32)  # bytes 0-3 of the group: R0 G0 B0 R1
+    v1 = (((w2 << 32) | w1) >> shift).to(tl.uint32)  # G1 B1 R2 G2
+    v2 = (((w3 << 32) | w2) >> shift).to(tl.uint32)  # B2 R3 G3 B3
+    red = _lanes(v0 & 255, v0 >> 24, (v1 >> 16) & 255, (v2 >> 8) & 255, flip, ROWS, BLOCK_W)
+    green = _lanes((v0 >> 8) & 255, v1 & 255, v1 >> 24, (v2 >> 16) & 255, flip, ROWS, BLOCK_W)
+    blue = _lanes((v0 >> 16) & 255, (v1 >> 8) & 255, v2 & 255, v2 >> 24, flip, ROWS, BLOCK_W)
     return red, green, blue
+
+
+@triton.jit
+def _f32(ptr):
+    """An fp32 stored as its bits in the int32 record."""
+    return tl.load(ptr).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -186,16 +219,15 @@ def _ops(red, green, blue, r, first, last, mean):
     """This frame's ops ``first`` .. ``last - 1`` in its order (a runtime loop: one copy of the op code)."""
     for k in range(first, last):
         op = tl.load(r + 4 + k)
-        fac = tl.load(r + 8 + op).to(tl.float32, bitcast=True)
-        red, green, blue = _apply_op(red, green, blue, op, fac, mean)
+        red, green, blue = _apply_op(red, green, blue, op, _f32(r + 8 + op), mean)
     return red, green, blue
 
 
 # Programs: (output frame, slice of its tiles), so a batch fills the GPU however few frames it has. The gray
 # mean contrast blends with needs the whole frame, so it is a first launch of per-slice partial sums (fixed
 # order: deterministic). Only the crop width is specialised (16-divisible widths give 16-byte output stores).
-@triton.jit(do_not_specialize=["F", "H", "W", "T", "h", "n_cb", "n_tiles", "S"])
-def _gray_sum_kernel(frames_ptr, index_ptr, rec_ptr, part_ptr, F, H, W, T, h, w, n_cb, n_tiles, S,
+@triton.jit(do_not_specialize=["n_words", "F", "H", "W", "T", "h", "n_cb", "n_tiles", "S"])
+def _gray_sum_kernel(frames_ptr, index_ptr, rec_ptr, part_ptr, n_words, F, H, W, T, h, w, n_cb, n_tiles, S,
                      ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
     f = tl.program_id(0)
     s = tl.program_id(1)
@@ -204,19 +236,19 @@ def _gray_sum_kernel(frames_ptr, index_ptr, rec_ptr, part_ptr, F, H, W, T, h, w,
     if jitter:  # the gray level after the ops that precede contrast in this frame's order
         o0, o1, o2 = tl.load(r + 4), tl.load(r + 5), tl.load(r + 6)
         n_before = tl.where(o0 == _CONTRAST, 0, tl.where(o1 == _CONTRAST, 1, tl.where(o2 == _CONTRAST, 2, 3)))
-        acc = tl.zeros([ROWS, BLOCK_W], dtype=tl.float32)
+        acc = tl.zeros([ROWS, BLOCK_W // 4, 4], dtype=tl.float32)
         for i in range(n_tiles):
-            y, x, mask = _tile(s * n_tiles + i, n_cb, h, w, ROWS, BLOCK_W)
-            red, green, blue = _load_rgb(frames_ptr, src_base, r, y, x, mask, W, w)
+            y, g, _x, mask = _tile(s * n_tiles + i, n_cb, h, w, ROWS, BLOCK_W)
+            red, green, blue = _load_rgb(frames_ptr, n_words, src_base, r, y, g, W, w, ROWS, BLOCK_W)
             red, green, blue = _ops(red, green, blue, r, 0, n_before, 0.0)
             acc += tl.where(mask, _gray(red, green, blue), 0.0)
-        total = tl.sum(tl.sum(acc, axis=1), axis=0)
+        total = tl.sum(tl.sum(tl.sum(acc, axis=2), axis=1), axis=0)
     tl.store(part_ptr + f * S + s, total)
 
 
-@triton.jit(do_not_specialize=["F", "H", "W", "T", "h", "n_cb", "n_tiles", "S"])
-def _pace_jitter_kernel(frames_ptr, index_ptr, rec_ptr, part_ptr, out_ptr, F, H, W, T, h, w, n_cb, n_tiles, S,
-                        ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+@triton.jit(do_not_specialize=["n_words", "F", "H", "W", "T", "h", "n_cb", "n_tiles", "S"])
+def _pace_jitter_kernel(frames_ptr, index_ptr, rec_ptr, part_ptr, out_ptr, n_words, F, H, W, T, h, w, n_cb,
+                        n_tiles, S, ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
     f = tl.program_id(0)
     s = tl.program_id(1)
     r, bi, src_base, jitter = _frame(index_ptr, rec_ptr, f, T, F, H, W)
@@ -227,20 +259,15 @@ def _pace_jitter_kernel(frames_ptr, index_ptr, rec_ptr, part_ptr, out_ptr, F, H,
             mean += tl.load(part_ptr + f * S + j)
         mean = mean / plane.to(tl.float32)
     n_ops = tl.where(jitter, 4, 0)
-    norm = rec_ptr  # mean[3], std[3] head of the record
-    m0 = tl.load(norm).to(tl.float32, bitcast=True)
-    m1 = tl.load(norm + 1).to(tl.float32, bitcast=True)
-    m2 = tl.load(norm + 2).to(tl.float32, bitcast=True)
-    s0 = tl.load(norm + 3).to(tl.float32, bitcast=True)
-    s1 = tl.load(norm + 4).to(tl.float32, bitcast=True)
-    s2 = tl.load(norm + 5).to(tl.float32, bitcast=True)
+    m0, m1, m2 = _f32(rec_ptr), _f32(rec_ptr + 1), _f32(rec_ptr + 2)  # the record's head: mean, std
+    s0, s1, s2 = _f32(rec_ptr + 3), _f32(rec_ptr + 4), _f32(rec_ptr + 5)
     out_base = (bi.to(tl.int64) * 3 * T + (f - bi * T)) * plane
     ty = out_ptr.dtype.element_ty
     for i in range(n_tiles):
-        y, x, mask = _tile(s * n_tiles + i, n_cb, h, w, ROWS, BLOCK_W)
-        red, green, blue = _load_rgb(frames_ptr, src_base, r, y, x, mask, W, w)
+        y, g, x, mask = _tile(s * n_tiles + i, n_cb, h, w, ROWS, BLOCK_W)
+        red, green, blue = _load_rgb(frames_ptr, n_words, src_base, r, y, g, W, w, ROWS, BLOCK_W)
         red, green, blue = _ops(red, green, blue, r, 0, n_ops, mean)
-        dst = out_ptr + out_base + (y[:, None] * w + x[None, :])
+        dst = out_ptr + out_base + (y[:, None, None] * w + x[None, :, :])
         tl.store(dst, ((red - m0) / s0).to(ty), mask=mask)
         tl.store(dst + T * plane, ((green - m1) / s1).to(ty), mask=mask)
         tl.store(dst + 2 * T * plane, ((blue - m2) / s2).to(ty), mask=mask)
@@ -257,13 +284,25 @@ def _pack(params: JitterParams, mean_t: Tensor, std_t: Tensor) -> Tensor:
     return torch.cat([head, per_frame.reshape(-1)])
 
 
+def _word_aligned(frames: Tensor) -> Tensor:
+    """The frames as the kernels read them, 32-bit words: contiguous, 4-byte aligned, a multiple of 4 bytes
+    long (a padded copy otherwise; a batch of frames from a loader already is)."""
+    frames = frames.contiguous()
+    pad = -frames.numel() % 4
+    if pad == 0 and frames.data_ptr() % 4 == 0:
+        return frames
+    buf = torch.empty(frames.numel() + pad, dtype=frames.dtype, device=frames.device)
+    buf[:frames.numel()].copy_(frames.view(-1))
+    return buf
+
+
 def _plan(frames: int, h: int, w: int, device: torch.device, config: dict | None) -> dict:
     """Tile shape, programs per frame and warps: ``config`` (``BLOCK_W``, ``ROWS``, ``num_warps``, optional
     ``n_tiles``) if given; under the interpreter one tile per frame (each interpreted op costs ~0.1 ms
     whatever its size); on a GPU 1024-pixel tiles, and enough programs per frame for ``_PROGRAMS_PER_SM``
     programs on each SM of the device."""
     if config is None and device.type == "cpu":
-        bw = triton.next_power_of_2(w)
+        bw = max(4, triton.next_power_of_2(w))
         config = dict(BLOCK_W=bw, ROWS=min(triton.next_power_of_2(h), max(1, (1 << 16) // bw)), num_warps=4)
     if config is None:
         bw = next((b for b in _BLOCK_WS if b >= w), _BLOCK_WS[-1])
@@ -290,8 +329,9 @@ def pace_jitter_triton(frames: Tensor, index_map: Tensor, params: JitterParams, 
     plan = _plan(B * T, h, w, dev, config)
     rec = to_device(_pack(params, mean_t, std_t), dev)
     part = torch.empty(B * T * plan["S"], dtype=torch.float32, device=dev)
-    sizes = (F, H, W, T, h, w, plan["n_cb"], plan["n_tiles"], plan["S"])
-    common = (frames.contiguous(), index_map.to(torch.int32).contiguous(), rec, part)
+    words = _word_aligned(frames)
+    sizes = (words.numel() // 4, F, H, W, T, h, w, plan["n_cb"], plan["n_tiles"], plan["S"])
+    common = (words, index_map.to(torch.int32).contiguous(), rec, part)
     meta = dict(ROWS=plan["ROWS"], BLOCK_W=plan["BLOCK_W"], num_warps=plan["num_warps"])
     name = f"{h}x{w} {TRITON_DTYPES[out_dtype]}"
     grid = (B * T, plan["S"])
@@ -335,8 +375,7 @@ def pace_jitter(frames: torch.Tensor, index_map: torch.Tensor, params: JitterPar
     return pace_jitter_cpu(frames, index_map, params, mean_t, std_t, out_dtype)
 
 
-# (B, F = T, H, W, crop) the project ships: the paper's 112 from 128x171 and S3D-G's 224 from 256x340, plus
-# the smaller crops of the tests' and tuning's configs (the other tile widths).
+# (B, F = T, H, W, crop) shipped: the paper's 112 from 128x171, S3D-G's 224 from 256x340, smaller test crops
 SHIPPED_SHAPES = ((30, 16, 128, 171, 112), (64, 16, 256, 340, 224), (8, 8, 64, 80, 56), (8, 8, 36, 44, 32))
 
 
@@ -350,7 +389,8 @@ def shipped_launches(arch: int = PLANNING_ARCH, dtypes: tuple[torch.dtype, ...] 
             for dtype in dtypes if i < 2 else dtypes[:1]:
                 frames = torch.empty(b, f, hh, ww, 3, dtype=torch.uint8, device="meta")
                 index_map = torch.empty(b, f, dtype=torch.int64, device="meta")
-                pace_jitter(frames, index_map, _planning_params(b, f, crop), out_dtype=dtype, backend="triton")
+                params = _planning_params(b, f, crop)
+                pace_jitter(frames, index_map, params, out_dtype=dtype, backend="triton")
         out += {rec.name: rec for rec in launches}.values()  # (the gray sums do not depend on the out dtype)
     return out
 

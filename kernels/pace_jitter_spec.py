@@ -56,11 +56,12 @@ def validate(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams
              out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Check every argument and return (mean, std) as float32 CPU tensors of shape (3,).
 
-    Raises ValueError naming the bad argument. Parameter values are checked on the CPU (:func:`validate_params`;
-    params on a device are copied back first, a sync: ``vpace.augment.sample_params`` draws them on the
-    CPU). ``index_map`` lives with the frames: on the CPU its values are checked here, on CUDA by a device-side
-    assert that reads nothing back (a bad value fails the next synchronisation with this message), on
-    ``meta`` not at all. Out-of-range values would otherwise be silent out-of-bounds reads.
+    Raises ValueError naming the bad argument. Parameter values are checked on the CPU
+    (:func:`validate_params`; params on a device are copied back first, a sync:
+    ``vpace.augment.sample_params`` draws them on the CPU). ``index_map`` lives with the frames: on the CPU
+    its values are checked here, on CUDA by a device-side assert that reads nothing back (a bad value fails
+    the next synchronisation with this message), on ``meta`` not at all. Out-of-range values would
+    otherwise be silent out-of-bounds reads.
     """
     if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8:
         raise ValueError(f"frames: expected a uint8 tensor, got {describe(frames)}")
@@ -82,8 +83,7 @@ def validate(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams
             torch._assert_async((lo >= 0) & (hi < F), what)
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype: expected one of {OUT_DTYPES}, got {out_dtype}")
-    validate_params(params if params.crop_yx.device.type == "cpu" else params.to("cpu"), B, index_map.shape[1],
-                    H, W)
+    validate_params(params.to("cpu"), B, index_map.shape[1], H, W)
     mean_t = torch.as_tensor((0.0, 0.0, 0.0) if mean is None else mean, dtype=torch.float32).flatten().cpu()
     std_t = torch.as_tensor((1.0, 1.0, 1.0) if std is None else std, dtype=torch.float32).flatten().cpu()
     if mean_t.numel() != 3 or not bool(torch.isfinite(mean_t).all()):

@@ -17,7 +17,7 @@ from vpace_kernels.launch import Launch, launch, recording
 
 
 def aot_or_skip(launches: list, arch: int) -> list:
-    """``aot_compile_launches`` for one arch, or a skip with the reason where this Triton's internals moved."""
+    """``aot_compile_launches`` for one arch, or a skip with the reason if this Triton's internals moved."""
     try:
         return aot_compile_launches(launches, archs=(arch,))
     except AotUnavailable as e:

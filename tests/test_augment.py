@@ -7,6 +7,7 @@ import torchvision.transforms.v2.functional as TF
 from vpace.augment import augment, center_params, sample_params
 from vpace.config import KINETICS_MEAN, KINETICS_STD, AugmentConfig
 from vpace_kernels.pace_jitter import pace_jitter_reference
+from vpace_kernels.pace_jitter_spec import validate_params
 
 
 def _draw(seed=0, B=400, T=8, H=128, W=171, **kw):
@@ -24,6 +25,15 @@ def test_record_layout_and_reproducibility():
     for name in ("crop_yx", "flip", "apply", "factors", "order"):
         assert torch.equal(getattr(p, name), getattr(q, name)), name
     assert not torch.equal(p.factors, r.factors)
+
+
+def test_draws_are_cpu_records_the_op_accepts():
+    """Drawn on the CPU (where the op validates them before one copy to the GPU), whatever device trains;
+    both draws pass the contract's checks for the batch they were drawn for."""
+    for p in (_draw(B=6, T=5), center_params(6, 5, 128, 171)):
+        fields = ("crop_yx", "flip", "apply", "factors", "order")
+        assert {getattr(p, k).device.type for k in fields} == {"cpu"}
+        validate_params(p, 6, 5, 128, 171)
 
 
 def test_colorjitter_sampling_semantics():

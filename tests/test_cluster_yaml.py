@@ -14,6 +14,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from vpace.config import load_config
+from vpace.train.launch import worker_resources
 from vpace.train.ray_data import task_resources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +85,6 @@ def test_decode_nodes_take_the_documented_decode_tasks_and_never_a_train_worker(
         assert cfg.data.loader == "ray_data", name
         task = task_resources(cfg.data)
         s = cfg.scale
-        worker = {**s.worker_resources, "CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+        worker = worker_resources(s)
         assert [n for n, t in types.items() if _fits(task, t["resources"])] == ["worker.decode"], name
         assert _fits(worker, types["worker.gpu"]["resources"]) and not _fits(worker, decode), name

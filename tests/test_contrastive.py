@@ -6,9 +6,10 @@ sweep takes N from 7 to 65536 at D 128 and 256 in fp32 and bf16.
 
 import pytest
 import torch
-from conftest import DEVICES, HAS_CUDA, INTERPRETED, NO_CUDA, needs_cuda, on_devices
+from conftest import DEVICES, HAS_CUDA, INTERPRETED, NO_CUDA, on_devices
 from test_aot import aot_or_skip
 
+from benchmarks.gpu_check import TWO_GPUS
 from vpace_kernels import contrastive as C
 from vpace_kernels import contrastive_cpu as CC
 
@@ -252,8 +253,7 @@ def test_hopper_tiles_under_the_interpreter(monkeypatch, d, dtype):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason=NO_CUDA if not HAS_CUDA else
-                    "needs 2 GPUs: tensors on cuda:1 while cuda:0 is current")
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason=TWO_GPUS if HAS_CUDA else NO_CUDA)
 def test_launches_on_the_tensors_device():
     """Tensors on cuda:1 while cuda:0 is current (a notebook, a multi-GPU process): the kernels run on cuda:1
     (under its device guard), not on Triton's current device, and match eager there."""

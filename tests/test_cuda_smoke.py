@@ -2,19 +2,26 @@
 
 Each runs the CUDA path the way training does (bf16 autocast, channels_last_3d, the fused Triton augment on
 the device) and compares it with the same computation in fp32 on the CPU from the same weights and inputs:
-the CPU path is the one the rest of the suite checks against its references. Skipped without CUDA.
+the CPU path is the one the rest of the suite checks against its references. The step also runs under
+``torch.cuda.set_sync_debug_mode("error")``: no host sync between log windows. Skipped without CUDA.
 """
 
 import copy
+import math
+from functools import partial
 
 import pytest
 import torch
 from conftest import needs_cuda
 
-from benchmarks.train_step import make_step
+from benchmarks.train_step import in_memory_dataset, make_step
 from vpace.config import load_config
 from vpace.models import BACKBONES, build_backbone
 from vpace.objectives import build_objective
+from vpace.train.metrics import Window
+from vpace.train.pretraining import PRETRAIN
+from vpace.train.state import LoopState
+from vpace.train.step import build_optimizer, precision, to_device, train_step, trainable
 
 pytestmark = needs_cuda
 BF16_REL = 5e-2  # bf16 autocast through a whole network: a few % of the output's scale
@@ -77,3 +84,40 @@ def test_training_step_on_cuda_matches_cpu():
     after = task.parameters()
     assert all(torch.isfinite(p).all() for p in after)
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+@pytest.mark.parametrize("method", ["pace_ctr", "rspnet"])
+def test_training_steps_never_wait_for_the_gpu(method):
+    """Steps of the worker loop's step (pinned batch to the device, fused augment with CPU-drawn params,
+    model + loss under bf16 autocast, backward, optimizer, the metric window's add) under
+    ``set_sync_debug_mode("error")``, which raises on any synchronising CUDA call; then the window's one read
+    at its boundary gives finite metrics for every step. The first step (compiles, cuDNN autotune, lazy
+    initialisation) runs before, as the loop's first window does."""
+    n = 3 if method == "rspnet" else 2
+    overrides = [f"method={method}", f"data.clips_per_video={n}", "optim.batch_size=4"]
+    cfg = load_config("smoke", overrides=overrides)
+    device = torch.device("cuda")
+    model = PRETRAIN.build_model(cfg).to(device).train()
+    opt = build_optimizer(cfg.optim, trainable(model), cfg.optim.lr)
+    amp_dtype, scaler = precision(cfg.optim, device)
+    ds = in_memory_dataset(cfg)
+    batch = PRETRAIN.collate([ds[i] for i in range(cfg.optim.batch_size)])
+    batch = {k: v.pin_memory() for k, v in batch.items() if k != "skipped"}
+    window = Window(device)
+
+    def step(i: int) -> None:
+        forward_loss = partial(PRETRAIN.forward_loss, cfg=cfg)
+        loss, metrics = train_step(model, opt, to_device(batch, device), torch.Generator().manual_seed(i),
+                                   forward_loss, scaler=scaler, amp_dtype=amp_dtype)
+        window.add(i, loss, metrics, 1.0, clips=float(cfg.optim.batch_size * n))
+
+    step(0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(1, 4):
+            step(i)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    values = window.flush(LoopState(), rank=0, world=1)
+    assert window.steps == [] and values and all(math.isfinite(v) for v in values.values())

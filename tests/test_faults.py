@@ -95,8 +95,8 @@ def test_unusable_run_storage_is_one_line_before_ray_starts(storage, says, synth
     ray_tmp.mkdir()
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     env.pop("RAY_ADDRESS", None)
-    proc = _cli("pretrain", "--config", "smoke", "--set", f"data.index={synth}", "--set", f"run.storage={storage}",
-                env=env)
+    proc = _cli("pretrain", "--config", "smoke", "--set", f"data.index={synth}", "--set",
+                f"run.storage={storage}", env=env)
     line = _one_line(proc.stderr)
     assert proc.returncode == 2 and line.startswith("vpace pretrain: error: config field 'run.storage': ")
     assert storage in line and says in line

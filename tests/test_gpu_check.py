@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import data, gpu_check
+from benchmarks import gpu_check
 from benchmarks.common import Checks
 
 BARE_MACHINE = textwrap.dedent('''
@@ -63,6 +63,18 @@ def test_dry_run_from_a_bare_checkout(tmp_path):
     assert all(math.isfinite(float(r["value"])) for r in rows["kernels"] if r["metric"].startswith("time_ms"))
 
 
+def test_junit_report_counts_and_skip_reasons(tmp_path):
+    """Step 1 reads pytest's junit report: counts, failures and each skip's reason (a skip on a GPU is a
+    failure unless it is the multi-GPU test's on a one-GPU machine)."""
+    xml = tmp_path / "junit.xml"
+    xml.write_text(f"""<testsuites><testsuite tests="4" failures="1" errors="0" skipped="2">
+        <testcase name="a"/><testcase name="b"><failure message="off"/></testcase>
+        <testcase name="c"><skipped message="{gpu_check.TWO_GPUS}"/></testcase>
+        <testcase name="d"><skipped message="no CUDA device here"/></testcase></testsuite></testsuites>""")
+    n, bad, why = gpu_check.junit_counts(xml)
+    assert (n, bad) == (4, 1) and [w for w in why if gpu_check.TWO_GPUS not in w] == ["no CUDA device here"]
+
+
 def test_checks_fail_the_run_on_a_wrong_result():
     checks = Checks()
     assert checks.within("close enough", 1e-5, 1e-4) and not checks.failures
@@ -95,8 +107,62 @@ def test_summary_judges_the_goals():
 
 
 def test_feed_rate_rows_on_tiny_videos():
-    """Step 5 at its dry-run size where decord is installed: a worker feeds real decoded pace clips."""
+    """Step 5 at its dry-run size where decord is installed: workers feed real decoded pace clips from raw
+    camera-like video and from its prepared copies (read through their manifests, at the training size)."""
     pytest.importorskip("decord")
-    (row,) = data.feed_rows((1,), small=True)
-    assert row["provider"] == "dataloader_1_workers" and row["metric"] == "clips/s"
-    assert float(row["value"]) > 0 and "2 videos 320x240" in row["shape"]
+    rows = gpu_check.feed_rows((1,), small=True)
+    assert [r["provider"] for r in rows] == ["raw/dataloader_1_workers", "prepared/dataloader_1_workers"]
+    assert all(r["metric"] == "clips/s" and float(r["value"]) > 0 for r in rows)
+    assert "(raw)" in rows[0]["shape"] and "(prepared)" in rows[1]["shape"]
+
+
+def _parts(log: list[str], clock: list[float], cost: dict[str, float], required: str = "1") -> list:
+    """Parts that take ``cost[key]`` seconds of a fake clock and log that they ran."""
+    def run(key: str):
+        def part(left: float) -> list[dict]:
+            clock[0] += cost[key]
+            log.append(key)
+            return [dict(kernel=key, provider="p", shape="s", metric="m", value="1")]
+        return part
+
+    return [gpu_check.Part(k, f"{k} part", "kernels", run(k), required=k == required) for k in cost]
+
+
+def test_parts_that_do_not_fit_before_the_deadline_are_skipped_and_said(monkeypatch, capsys):
+    """The check's schedule on a fake clock: parts run while the time they need is left; the rest are
+    skipped with the reason; a required part that cannot run is a failure; the rows so far are kept."""
+    clock = [0.0]
+    monkeypatch.setattr(gpu_check.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(gpu_check, "NEEDS_S", {"1": 10.0, "2": 10.0, "3": 100.0, "4": 10.0})
+    check = gpu_check.Check(deadline_s=60.0 + gpu_check.RESERVE_S, results=None, gpu_name=None)
+    log: list[str] = []
+    check.run(_parts(log, clock, {"1": 30.0, "2": 5.0, "3": 1.0, "4": 5.0}))
+    out = capsys.readouterr().out
+    assert log == ["1", "2", "4"] and len(check.rows["kernels"]) == 3
+    assert "skipped: 25 s left before the 75 s deadline, it needs ~100 s" in out and not check.checks.failures
+    clock[0] = 0.0
+    late = gpu_check.Check(deadline_s=5.0 + gpu_check.RESERVE_S, results=None, gpu_name=None)
+    late.run(_parts([], clock, {"1": 1.0}))
+    assert late.checks.failures == ["1 part: not run, 5 s left before the 20 s deadline, it needs ~10 s"]
+
+
+def test_the_watchdog_ends_a_stuck_check_at_its_deadline(tmp_path):
+    """A part that never returns: at the deadline the watchdog appends the rows measured so far, names the
+    part it stopped and what did not run, prints the summary and exits (the timeout is only a safety net)."""
+    code = textwrap.dedent(f"""
+        import threading, sys
+        sys.path.insert(0, {str(Path(gpu_check.__file__).parents[1])!r})
+        from benchmarks import gpu_check
+        gpu_check.NEEDS_S, gpu_check.RESERVE_S = dict.fromkeys(gpu_check.NEEDS_S, 0.0), 1.0
+        check = gpu_check.Check(4.0, {str(tmp_path)!r}, None)
+        threading.Timer(4.0, check.on_deadline).start()
+        row = dict(kernel="k", provider="p", shape="s", metric="m", value="1")
+        check.run([gpu_check.Part("2", "2 quick", "kernels", lambda s: [row]),
+                   gpu_check.Part("3", "3 stuck", "kernels", lambda s: threading.Event().wait()),
+                   gpu_check.Part("4", "4 never", "kernels", lambda s: [row])])
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "deadline: 4 s reached during 3 stuck; not run: 4 never" in proc.stdout
+    assert "3 stuck: stopped by the deadline" in proc.stdout and "wrong results: 0" in proc.stdout
+    assert len(list(csv.DictReader((tmp_path / "kernels.csv").open()))) == 1

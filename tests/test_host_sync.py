@@ -20,7 +20,7 @@ from vpace.augment import augment, sample_params
 from vpace.config import load_config
 from vpace.train.metrics import Window
 from vpace.train.pretraining import PRETRAIN
-from vpace.train.step import build_optimizer, to_device, trainable
+from vpace.train.step import build_optimizer, to_device, train_step, trainable
 from vpace_kernels.contrastive import contrastive_loss
 from vpace_kernels.launch import recording
 from vpace_kernels.pace_jitter import FRAME_WORDS, HEAD_WORDS
@@ -82,12 +82,12 @@ def test_contrastive_forward_backward_read_nothing_back():
 
 @pytest.mark.parametrize("method", ["pace", "pace_ctr", "rspnet"])
 def test_a_training_step_reads_nothing_back(method):
-    """Everything ``vpace.train.step.train_step`` runs - the spec's forward_loss (augmentation, model, loss,
-    per-pace tallies), backward, the optimizer step - plus the metric window's ``add``, on meta: it ends, so
-    no value was read; the metrics stay device tensors. (``train_step`` itself wraps forward_loss in
-    ``torch.autocast``, which has no meta device; these are its other steps, in its order.)"""
+    """``vpace.train.step.train_step`` - the spec's forward_loss (augmentation, model, loss, per-pace
+    tallies), backward, the optimizer step - plus the metric window's ``add``, on meta: it ends, so no value
+    was read; the metrics stay device tensors."""
     n = 3 if method == "rspnet" else 2
-    cfg = load_config("smoke", overrides=[f"method={method}", f"data.clips_per_video={n}", "optim.batch_size=2"])
+    overrides = [f"method={method}", f"data.clips_per_video={n}", "optim.batch_size=2"]
+    cfg = load_config("smoke", overrides=overrides)
     model = PRETRAIN.build_model(cfg).to(META).train()
     opt = build_optimizer(cfg.optim, trainable(model), cfg.optim.lr)
     ds = in_memory_dataset(cfg, videos=2, frames=40)
@@ -98,11 +98,9 @@ def test_a_training_step_reads_nothing_back(method):
     for step in range(2):
         device_batch = to_device(batch, META)  # (the loop's copy of the batch, before the step)
         with recording() as launches, HostToDevice() as h2d:
-            loss, metrics = forward_loss(model, device_batch, torch.Generator().manual_seed(step))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            window.add(step, loss.detach(), metrics, 1.0, clips=4.0)
+            loss, metrics = train_step(model, opt, device_batch, torch.Generator().manual_seed(step),
+                                       forward_loss)
+            window.add(step, loss, metrics, 1.0, clips=4.0)
         assert len(h2d.copies) == 1, h2d.copies  # the augmentation's parameter record
         assert {rec.name.split()[0] for rec in launches} >= {"[gray_sum", "[pace_jitter"}
         if method == "pace_ctr":

@@ -270,7 +270,8 @@ def test_pretrain_step_is_model_plus_loss_plus_tallies(method, coded_tree):
     assert wrapped.any() and not wrapped.all()  # the 9-frame video loops, the others mostly fit
     for k, p in enumerate(paces):
         pair = metrics[f"wrap_frac/{pace_metric_name(p)}"]
-        assert [float(x) for x in pair] == [float((wrapped & (labels == k)).sum()), float((labels == k).sum())]
+        expected = [float((wrapped & (labels == k)).sum()), float((labels == k).sum())]
+        assert [float(x) for x in pair] == expected
     assert [float(x) for x in metrics["wrap_frac"]] == [float(wrapped.sum()), float(len(labels))]
     assert [float(x) for x in metrics["loss"]] == [pytest.approx(loss.item()), 1.0]
     if method == "rspnet":  # no pace classifier: wrap counts only; the forward enqueued the 6 k_neg keys

@@ -6,6 +6,7 @@ compared there. Errors are in 0..1 pixel units (before normalization): ``(out - 
 """
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import torchvision.transforms.v2.functional as TF
 from conftest import HAS_CUDA, NO_CUDA, on_devices
 from test_aot import aot_or_skip
 
+from benchmarks.gpu_check import TWO_GPUS
 from vpace.config import KINETICS_MEAN, KINETICS_STD
 from vpace_kernels import pace_jitter as PJ
 from vpace_kernels import pace_jitter_cpu as PJC
@@ -71,7 +73,8 @@ def _run(device, backend, frames, index_map, params, out_dtype=torch.float32, co
 
 # Forced tilings: several programs per frame (each summing a slice of the gray mean), several tiles per
 # program, column blocks narrower than the crop; the interpreter runs the first (it is slow per program).
-TILINGS = [dict(BLOCK_W=32, ROWS=16, num_warps=4, n_tiles=2), dict(BLOCK_W=16, ROWS=8, num_warps=2, n_tiles=1),
+TILINGS = [dict(BLOCK_W=32, ROWS=16, num_warps=4, n_tiles=2),
+           dict(BLOCK_W=16, ROWS=8, num_warps=2, n_tiles=1),
            dict(BLOCK_W=64, ROWS=4, num_warps=4, n_tiles=3)]
 
 
@@ -124,8 +127,7 @@ def test_several_programs_per_frame(device, backend):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason=NO_CUDA if not HAS_CUDA else
-                    "needs 2 GPUs: tensors on cuda:1 while cuda:0 is current")
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason=TWO_GPUS if HAS_CUDA else NO_CUDA)
 def test_launches_on_the_frames_device():
     """Frames on cuda:1 while cuda:0 is current: the kernels run on cuda:1 (its device guard) and match."""
     torch.cuda.set_device(0)
@@ -133,6 +135,18 @@ def test_launches_on_the_frames_device():
     ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)
     assert _err(_run("cuda:1", "triton", frames, index_map, p), ref) <= TOL
     assert torch.cuda.current_device() == 0
+
+
+@pytest.mark.parametrize("device, backend", BACKENDS)
+def test_crops_at_the_first_and_last_byte_of_the_frames(device, backend):
+    """Crop boxes at the top-left of the first frame (flipped: its 4-pixel groups reach left of byte 0) and
+    the bottom-right of the last (its words reach past the last byte), odd widths, 3 W not a multiple of 4."""
+    frames, index_map, p = _case(B=2, F=2, H=9, W=15, T=3, h=5, w=7, seed=14)
+    index_map[0], index_map[1] = 0, 1
+    p.crop_yx[0], p.crop_yx[1] = torch.tensor([0, 0]), torch.tensor([9 - 5, 15 - 7])
+    p.flip[:] = torch.tensor([True, False])
+    ref = PJ.pace_jitter_reference(frames, index_map, p, MEAN, STD)
+    assert _err(_run(device, backend, frames, index_map, p), ref) <= TOL
 
 
 @pytest.mark.parametrize("device, backend", BACKENDS)
@@ -322,16 +336,20 @@ def test_bad_backend():
 def test_launched_variants_compile_for_sm80_and_sm90(arch):
     """AOT (no GPU needed) of what runs: the launches of the shipped shapes (fp32 and bf16 out at the paper's
     sizes), recorded on meta tensors and compiled with the JIT's specialisation -> PTX + cubin, zero spills;
-    the 16-divisible crop widths store 16-byte vectors; at the paper's batch (30 x 16 frames of 112x112) the
+    pixels are read as 32-bit words (4 loads per 4 pixels) and 16-divisible crop widths store 4 pixels per
+    vector store without a shared-memory shuffle; at the paper's batch (30 x 16 frames of 112x112) the
     grid is at least a full wave of resident programs on the GPU planned for (132 SMs on sm_90)."""
     launches = PJ.shipped_launches(arch)
     assert {rec.name.split()[0] for rec in launches} == {"[gray_sum", "[pace_jitter"}
     for rec, _, res in aot_or_skip(launches, arch):
-        assert res.cubin[:4] == b"\x7fELF" and f".entry {getattr(rec.fn, 'fn', rec.fn).__name__}" in res.ptx, rec.name
+        entry = f".entry {getattr(rec.fn, 'fn', rec.fn).__name__}"
+        assert res.cubin[:4] == b"\x7fELF" and entry in res.ptx, rec.name
         assert res.spill_bytes == 0 and res.num_warps == rec.kwargs["num_warps"], (rec.name, res.registers)
+        loads = set(re.findall(r"ld\.global[.\w]*", res.ptx))
+        assert loads and all(ld.endswith("32") for ld in loads), (rec.name, loads)  # words, no byte loads
         crop = int(rec.name.split()[1].split("x")[1].rstrip("]"))
-        if rec.name.startswith("[pace_jitter") and crop % 16 == 0:
-            assert "st.global.v4" in res.ptx, rec.name
+        if rec.name.startswith("[pace_jitter") and crop % 16 == 0:  # 16 B (fp32) / 8 B (bf16), no smem
+            assert re.search(r"st\.global\.v[24]\.b32", res.ptx) and res.shared == 0, rec.name
         if "112x112" in rec.name:
             programs = rec.grid[0] * rec.grid[1]
             assert rec.grid[0] == 30 * 16 and programs >= {80: 108, 90: 132}[arch] * res.blocks_per_sm

@@ -119,7 +119,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     # (b) a full RSPNet step with the query encoder in DDP; each rank feeds different videos
     torch.manual_seed(0)  # same init on both ranks, as DDP expects
     net, loss_fn = build_rspnet(build_backbone("r21d_tiny"), RSPNetConfig(queue_size=16, momentum=0.9),
-                                batch_size=4)  # 2 videos per rank: keys gathered at a fixed size of 4 // 2 + 1
+                                batch_size=4)  # 2 videos per rank: keys gathered at a fixed 4 // 2 + 1
     ddp = torch.nn.parallel.DistributedDataParallel(net)  # the whole model, as the train loop wraps it
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
     g = torch.Generator().manual_seed(1 + rank)

@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from vpace.config import KINETICS_MEAN, KINETICS_STD, AugmentConfig
-from vpace.config import augment_problem
+from vpace.config import KINETICS_MEAN, KINETICS_STD, AugmentConfig, augment_problem
 from vpace_kernels.pace_jitter import JitterParams, pace_jitter
 
 __all__ = ["sample_params", "center_params", "augment"]
@@ -75,5 +74,7 @@ def augment(frames: torch.Tensor, index_map: torch.Tensor, params: JitterParams,
             std=KINETICS_STD, out_dtype: torch.dtype = torch.float32, *,
             backend: str | None = None) -> torch.Tensor:
     """uint8 unique frames ``[B, F, H, W, 3]`` + ``index_map [B, T]`` -> clips ``[B, 3, T, crop, crop]``,
-    on the frames' device (params are moved there); ``backend`` as in ``vpace_kernels.pace_jitter``."""
+    on the frames' device. ``params`` stay on the CPU where they were drawn: the op validates them there and
+    sends them to the GPU in one non-blocking copy (no host sync). ``backend`` as in
+    ``vpace_kernels.pace_jitter``."""
     return pace_jitter(frames, index_map, params, mean, std, out_dtype, backend=backend)

@@ -14,6 +14,7 @@ from vpace.config.loading import (
     resolve_config_path,
     set_dotted,
     stored_config,
+    yaml_mapping,
 )
 from vpace.config.paces import PaceLike, format_pace, parse_pace, parse_pace_set
 from vpace.config.schema import (
@@ -44,10 +45,10 @@ from vpace.config.validation import (
 )
 
 __all__ = [
-    "BACKBONES", "CTR_MODES", "KINETICS_MEAN", "KINETICS_STD", "LOADERS", "METHODS", "OPTIMIZERS", "PROJ_HEADS",
-    "REGISTRY", "RESIDUAL_SUFFIX", "START_POLICIES", "AugmentConfig", "Config", "ConfigError", "DataConfig",
-    "ModelConfig", "OptimConfig", "PaceConfig", "PaceLike", "ProxyConfig", "RSPNetConfig", "RunConfig",
-    "ScaleConfig", "augment_problem", "base_backbone", "deep_merge", "format_pace", "from_dict", "load_config",
-    "named_configs", "pace_set_field", "parse_pace", "parse_pace_set", "resolve_config_path", "set_dotted",
-    "stored_config", "unknown_backbone", "validate",
+    "BACKBONES", "CTR_MODES", "KINETICS_MEAN", "KINETICS_STD", "LOADERS", "METHODS", "OPTIMIZERS",
+    "PROJ_HEADS", "REGISTRY", "RESIDUAL_SUFFIX", "START_POLICIES", "AugmentConfig", "Config", "ConfigError",
+    "DataConfig", "ModelConfig", "OptimConfig", "PaceConfig", "PaceLike", "ProxyConfig", "RSPNetConfig",
+    "RunConfig", "ScaleConfig", "augment_problem", "base_backbone", "deep_merge", "format_pace", "from_dict",
+    "load_config", "named_configs", "pace_set_field", "parse_pace", "parse_pace_set", "resolve_config_path",
+    "set_dotted", "stored_config", "unknown_backbone", "validate", "yaml_mapping",
 ]

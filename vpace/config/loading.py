@@ -142,21 +142,24 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     return named[str(name_or_path)]
 
 
+def yaml_mapping(path: Path, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """The YAML file at `path` as a mapping (empty file: {}); `error(str(path), why)` when it is not one."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise error(str(path), f"not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise error(str(path), "top level must be a mapping")
+    return raw
+
+
 def load_config(
     name_or_path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     data: dict[str, Any] | None = None,
 ) -> Config:
     """Load a named config or YAML path (or a dict), apply `key=value` overrides, validate."""
-    raw: dict[str, Any] = {}
-    if name_or_path is not None:
-        path = resolve_config_path(name_or_path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(str(path), f"not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(str(path), "top level must be a mapping")
+    raw = yaml_mapping(resolve_config_path(name_or_path)) if name_or_path is not None else {}
     if data is not None:
         raw = deep_merge(raw, data)
     for ov in overrides:
@@ -181,7 +184,7 @@ def _known_fields(tp: Any, data: dict[str, Any]) -> dict[str, Any]:
 
 def stored_config(data: dict[str, Any]) -> Config:
     """The config a checkpoint stored (its `to_dict()`), read by this version: fields an earlier vpace had and
-    this one dropped are ignored (a checkpoint stays readable); every field this version knows is validated."""
+    this one dropped are ignored (the checkpoint stays readable); every field this one knows is validated."""
     return load_config(data=_known_fields(Config, data))
 
 

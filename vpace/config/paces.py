@@ -57,7 +57,8 @@ def parse_pace_set(s: str | Iterable[PaceLike]) -> tuple[Fraction, ...]:
     else:
         raise ValueError(f"invalid pace set {s!r}: expected a string like '1,2,3,4' or a list of paces")
     if not items:
-        raise ValueError(f"invalid pace set {s!r}: it is empty (it must list at least one value, e.g. '1,2,3,4')")
+        raise ValueError(f"invalid pace set {s!r}: it is empty (it must list at least one value, e.g. "
+                         "'1,2,3,4')")
     paces = [parse_pace(x) for x in items]
     if len(set(paces)) != len(paces):
         dup = sorted({format_pace(p) for p in paces if paces.count(p) > 1})

@@ -1,4 +1,4 @@
-"""The run configuration's schema: a tree of dataclasses, one per section, with every field's type and default.
+"""The run configuration's schema: a tree of dataclasses, one per section, each field with a type and default.
 
 Why dataclasses and not a dict: every field has a type and a default that docs and `--set` overrides can
 name, and a bad value fails *before* Ray starts, with a message naming the dotted field (``pace.paces``).

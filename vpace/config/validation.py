@@ -140,8 +140,8 @@ def validate(cfg: Config) -> None:
     _check(s.max_workers >= s.min_workers, "scale.max_workers", "must be >= scale.min_workers")
     _check(s.cpus_per_worker > 0, "scale.cpus_per_worker", "must be > 0")
     _check(all(v > 0 for v in s.worker_resources.values()) and not {"CPU", "GPU"} & set(s.worker_resources),
-           "scale.worker_resources", f"custom resources with amounts > 0 (CPU and GPU have their own fields), "
-           f"got {s.worker_resources}")
+           "scale.worker_resources", "custom resources with amounts > 0 (CPU and GPU have their own "
+           f"fields), got {s.worker_resources}")
     _check(s.max_failures >= -1, "scale.max_failures", "must be >= -1 (-1 = unlimited)")
     _check(s.checkpoint_every >= 1, "scale.checkpoint_every", "must be >= 1")
     _check(s.num_to_keep >= 1, "scale.num_to_keep", "must be >= 1")

@@ -14,7 +14,7 @@ loops only when the video is shorter than the clip's span; ``wrap`` starts anywh
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
 
 import numpy as np

@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from vpace.config import base_backbone
 from vpace.bars import progress_bar
-from vpace.config import Config, load_config, stored_config
+from vpace.config import Config, base_backbone, load_config, stored_config
 from vpace.data import PaceClipDataset, VideoIndex, load_index
 from vpace.errors import UserError
 from vpace.eval.features import ClipSpec, center_clips, clip_batches, skipped_videos

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vpace.config import Config, ConfigError, validate
+from vpace.config import Config, ConfigError, ScaleConfig, validate
 from vpace.paths import check_storage, is_remote, local_path, resolve_paths, run_dir_of
 from vpace.train.checkpoint import CheckpointError, find_latest, is_checkpoint, read_meta
 from vpace.train.loop import HISTORY_FILE, REPORT_FILE, run_finished, train_loop_per_worker
@@ -59,6 +59,11 @@ def _check_fits(cfg: Config) -> Callable[[dict[str, float]], None]:
     return check
 
 
+def worker_resources(s: ScaleConfig) -> dict[str, float]:
+    """What one Train worker reserves: its CPUs, a GPU with `use_gpu`, and `worker_resources`."""
+    return {**s.worker_resources, "CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+
+
 def build_trainer(spec: TrainSpec, cfg: Config, *, resize_interval_s: float | None = None,
                   callbacks: Sequence[Any] = ()):
     """The `TorchTrainer` of a (validated, path-resolved) config; `callbacks` are Train V2 UserCallbacks
@@ -74,8 +79,7 @@ def build_trainer(spec: TrainSpec, cfg: Config, *, resize_interval_s: float | No
     scaling_kw: dict[str, Any] = {}
     if resize_interval_s is not None:
         scaling_kw["elastic_resize_monitor_interval_s"] = resize_interval_s
-    resources = {**s.worker_resources, "CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
-    scaling = ScalingConfig(num_workers=workers, use_gpu=s.use_gpu, resources_per_worker=resources,
+    scaling = ScalingConfig(num_workers=workers, use_gpu=s.use_gpu, resources_per_worker=worker_resources(s),
                             **scaling_kw)
     run = RunConfig(name=cfg.run.name, storage_path=cfg.run.storage,
                     failure_config=FailureConfig(max_failures=s.max_failures),

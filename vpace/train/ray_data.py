@@ -6,14 +6,14 @@ trainer and split by `get_dataset_shard` / `streaming_split`: the item -> rank -
 continues the epoch at the exact item; and no split coordinator stands between the ranks, whose stalls end
 in NCCL timeouts (ray-project/ray#41973, #42008) and whose throughput caps the group (#49190).
 
-A row is one step (epoch, step, this rank's item ids). One decode task per row, on CPUs anywhere in the
-cluster (`data.decode_resources` pins it, e.g. `{decode: 1}` to CPU-only decode nodes), draws and decodes the
-items and collates them with the task's own `collate`, so broken videos are dropped and counted in
-`skipped` exactly as with DataLoader. Only what the collate makes travels: uint8 frames, int64 index maps,
-labels, never floats. `preserve_order` hands the steps back in order, and `iter_batches(batch_size=None)`
-yields each block (= one step) as it is. `iter_torch_batches(batch_size=B)` would re-batch rows into B items,
-which mixes steps as soon as one loses items to broken videos; it was also reported slow on video
-(ray#50128), which `benchmarks/ingest.py` measures.
+A row is one step (epoch, step, this rank's item ids). A decode task takes `STEPS_PER_TASK` rows, on CPUs
+anywhere in the cluster (`data.decode_resources` pins it, e.g. `{decode: 1}` to CPU-only decode nodes); for
+each it draws and decodes the items and collates them with the task's own `collate`, so broken videos are
+dropped and counted in `skipped` exactly as with DataLoader, and hands the step on as its own block. Only what
+the collate makes travels: uint8 frames, int64 index maps, labels, never floats. `preserve_order` hands the
+steps back in order, and `iter_batches(batch_size=None)` yields each block (= one step) as it is.
+`iter_torch_batches(batch_size=B)` would re-batch rows into B items, which mixes steps as soon as one loses
+items to broken videos; it was also reported slow on video (ray#50128), which `benchmarks/ingest.py` measures.
 
 A decode task that cannot be scheduled waits in Ray without a word, and so would training: a rank that waits
 `STALL_WARN_S` for one batch says why, from each node's free resources (`decode_blocker`): no node has
@@ -41,8 +41,8 @@ from vpace.train.data_source import BatchSource, Collate, EpochBatches
 
 NODE = "_decode_node"  # the Ray node id that decoded a step (kept in `RayDataSource.decode_nodes`)
 STEP = "_step"  # the step a block belongs to: checks the order Ray Data hands blocks back in
-STEPS_PER_TASK = 2  # steps one decode task decodes: halves the idle gap between tasks, which Ray Data's
-# scheduler loop leaves (~0.2 s per task here, a quarter of a 0.8 s step); more would unbalance short epochs
+STEPS_PER_TASK = 2  # steps per decode task: halves the idle gaps Ray Data's scheduler leaves between tasks
+# (~0.2 s each here, a quarter of a 0.8 s step); more would unbalance the ranks' tasks at an epoch's end
 STALL_WARN_S = 60.0  # a rank waiting this long for one batch says why (far above a step's decode time)
 KEEP_OFF = ("Train workers on those nodes hold their CPUs for good: keep them off with "
             "scale.worker_resources (a custom resource only trainer nodes have, e.g. {trainer: 1}) or "

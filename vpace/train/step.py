@@ -8,6 +8,7 @@ encoder updates inside the model's forward, as in moco, so there is no after-ste
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -29,7 +30,8 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, An
     batch that must not count (all of this rank's videos were broken) while keeping DDP's collectives in step.
     """
     device_type = next(model.parameters()).device.type
-    with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    autocast = torch.autocast(device_type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    with autocast:
         loss, metrics = forward_loss(model, batch, generator)
     opt.zero_grad(set_to_none=True)
     scaled = loss * weight if weight != 1.0 else loss

@@ -37,9 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from vpace.config import Config, ConfigError, deep_merge, from_dict, load_config, resolve_config_path
+from vpace.config import (
+    Config,
+    ConfigError,
+    deep_merge,
+    from_dict,
+    load_config,
+    resolve_config_path,
+    yaml_mapping,
+)
 from vpace.tune.reference import Reference, parse_reference
 
 SECTIONS = ("base", "set", "proxy", "space", "tune", "reference")
@@ -323,12 +330,7 @@ def load_spec(path: str | Path, *, name: str | None = None, overrides: list[str]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"search file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SearchSpaceError(str(path), f"not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise SearchSpaceError(str(path), "top level must be a mapping")
+    raw = yaml_mapping(path, SearchSpaceError)
     for key in raw:
         if key not in SECTIONS:
             raise SearchSpaceError(str(key), f"unknown section (valid: {', '.join(SECTIONS)})", path)
