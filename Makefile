@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/vpace demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15 tests
+test: $(STAMP)  # two pytest-xdist workers, each taking whole files (tests/conftest.py: LONGEST_FILES)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 test-fast: $(STAMP)  # the edit-test loop: everything but the Ray end-to-end runs (`slow`)
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests

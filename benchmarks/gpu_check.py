@@ -1,4 +1,4 @@
-"""`make gpu-check`: one command that checks and measures vpace on a GPU in a few minutes (issue 13).
+"""`make gpu-check`: one command that checks and measures vpace on a GPU in a few minutes.
 
 On a bare GPU machine - its own python3 with torch, triton, torchvision, numpy, pyyaml, pytest; no Ray, decord
 or PyAV, no network, vpace not installed - it runs from the source checkout and, in order:
@@ -15,7 +15,7 @@ or PyAV, no network, vpace not installed - it runs from the source checkout and,
      the copies ``vpace prepare`` makes of it (``vpace.data.transcode``), next to the step's clips/s - only
      where ``import decord`` works (the copies also need PyAV); then S3D-G at 64 x 224 if time allows;
   6. appends the rows to ``benchmarks/results/{kernels,train,data}.csv`` (device = the GPU's name) and prints
-     a summary table against the goals of issue 13.
+     a summary table against the GPU goals (the README's "On a GPU").
 It ends within ``DEADLINE_S`` (8 minutes) whatever happens: a part starts only if the time it needs is left
 (else it is skipped, and the output says so), step 1's pytest gets at most what is left, and a watchdog that
 fires at the deadline appends the rows measured so far, prints the summary, names the part it stopped and
@@ -27,13 +27,8 @@ Without CUDA (or with ``--cpu``) it says there is no GPU and runs every part at 
 part imports, builds its inputs and checks its results (step 1 only collects the CUDA tests); nothing is
 appended unless ``--results`` is given. ``tests/test_gpu_check.py`` runs that path.
 
-decord2 is not on the GPU machines. Step 5 runs there if its wheel travels with the checkout: in the repo
-root, ``echo /.whl/ >> .git/info/exclude``, then ``python3 -m pip download --no-deps --only-binary=:all:
---python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
---platform manylinux2014_x86_64 -d .whl decord2==3.4.0`` (~27 MB), and on the GPU machine, before the check:
-``python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export
-PYTHONPATH=/tmp/site``. On a machine that is handed back afterwards, copy ``benchmarks/results/*.csv`` (the
-new rows) off it in the same command.
+Step 5 needs decord (and PyAV for the copies); docs/CONTRIBUTING.md says how to bring their wheels to a GPU
+machine without a network.
 """
 
 from __future__ import annotations
@@ -132,7 +127,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def summary(rows: dict[str, list[dict]]) -> list[tuple[str, str, str, str]]:
-    """(goal, target, measured, met) lines against issue 13's goals, from this run's rows."""
+    """(goal, target, measured, met) lines against the GPU goals, from this run's rows."""
     k, t = rows.get("kernels", []), rows.get("train", [])
     at_least = lambda goal: (f">= {goal}", lambda v: v >= goal)  # noqa: E731
     jit = [r for r in k if r["kernel"] == "pace_jitter" and "out=fp32" in r["shape"]]

@@ -1,6 +1,6 @@
 """Fused pace/jitter op: the per-frame torchvision reference vs the fused versions, on the CPU and the GPU.
 
-Workload (issue 3): a batch of 30 clips x 16 output frames, 112x112 crops of frames decoded at 128x171,
+Workload, the paper's batch: 30 clips x 16 output frames, 112x112 crops of frames decoded at 128x171,
 uint8 in, random crop/flip per clip and ColorJitter(0.8, 0.8, 0.8, 0.2) with p=0.8 per frame
 (``vpace.augment.sample_params``), Kinetics normalization, fp32 and bf16 out; on a GPU also 64 clips x 16
 frames of 224x224 from 256x340 (S3D-G's input).

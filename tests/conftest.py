@@ -227,10 +227,25 @@ def ray_env(ray_tmpdir: str) -> dict[str, str]:
 SLOW_TIMEOUT_S = 2400  # pytest-timeout of a `slow` test: a hang guard, > 4x the slowest seen on a busy box
 
 
+# Test files by their time in a serial run on the 2-core machine, longest first. `make test` runs two
+# pytest-xdist workers that take whole files (`--dist loadfile`) in collection order: handing out the long
+# files first lets both end together. A scheduling hint only: a stale order costs minutes, never a result.
+LONGEST_FILES = ("test_tune.py", "test_faults.py", "test_train.py", "test_train_elastic.py", "test_models.py",
+                 "test_demo.py", "test_ray_data.py", "test_eval.py", "test_prepare.py", "test_contrastive.py")
+
+
+def _file_rank(item: pytest.Item) -> int:
+    name = item.path.name
+    return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests on the shared Ray run after all others (stable: file order is kept within both groups); `slow`
-    tests get the larger safety net unless they carry their own timeout."""
+    """Under xdist, the longest files first; tests on the shared Ray after the others of their process (so it
+    starts once); `slow` tests get the larger safety net unless they carry their own timeout. Sorts are
+    stable: file order is kept otherwise."""
     items.sort(key=lambda item: "local_ray" in getattr(item, "fixturenames", ()))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=_file_rank)
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))

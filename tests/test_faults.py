@@ -1,4 +1,4 @@
-"""Faults end in a clean resume or one clear line (issue 17): half-written, corrupt or hostile checkpoints, a
+"""Faults end in a clean resume or one clear line: half-written, corrupt or hostile checkpoints, a
 SIGKILLed driver's Ray processes, `--set` values that are not YAML. Real files, real Ray runs, the real CLI in
 subprocesses; nothing is mocked.
 """

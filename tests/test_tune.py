@@ -262,10 +262,17 @@ def _trial_states(exp: Path) -> dict[str, str]:
     return {t["trial_id"]: t["status"] for t in (json.loads(td[0]) for td in data["trial_data"])}
 
 
-def _footprint(exp: Path, trial: str) -> tuple[int, list[str]]:
-    """(Tune results of a trial, its Train run's checkpoints): unchanged if the trial was not run again."""
+def _footprint(exp: Path, trial: str) -> tuple[int, list[dict]]:
+    """(Tune results of a trial, the attempts its Train run has made): unchanged if the trial was not run
+    again. Attempts, not checkpoint folders: a trial ASHA stopped may still write one last checkpoint while
+    its Train run is being aborted, within the same attempt."""
     results = (exp / f"trial_{trial}" / "result.json").read_text().splitlines()
-    return len(results), sorted(p.name for p in (exp / "train" / trial).glob("checkpoint_*"))
+    for ckpt in sorted((exp / "train" / trial).glob("checkpoint_*"), reverse=True):
+        try:  # (a checkpoint Ray is still copying into place is skipped)
+            return len(results), json.loads((ckpt / "history.json").read_text())["attempts"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return len(results), []
 
 
 @pytest.mark.slow
@@ -357,7 +364,7 @@ def test_optuna_search_with_two_seeds_ranks_each_configuration_by_its_mean(local
     raw["set"].update({"data.index": str(synth), "data.cache_dir": str(synth.parent / f"{synth.name}_frames"),
                        "run.storage": str(tmp_path / "runs"), "run.seed": 11, "optim.epochs": 1,
                        "data.epoch_size": 8})
-    raw["proxy"]["num_clips"] = 1
+    raw["proxy"].update(num_clips=1, max_videos=12)
     raw["tune"] = {"metric": "proxy_map", "mode": "max", "num_samples": 2, "search": "optuna",
                    "scheduler": "fifo", "repeats": 2, "seed": 0}
     path = tmp_path / "seeds.yaml"

@@ -18,6 +18,7 @@ from typing import Any
 
 from vpace.config import ConfigError
 from vpace.paths import check_storage
+from vpace.train.launch import worker_resources
 from vpace.train.ray_session import start_ray, stop_ray
 from vpace.tune import report
 from vpace.tune.ranking import COMPLETED, ERROR, NO_RESULT, STOPPED, Entry
@@ -60,7 +61,7 @@ class TuneOutcome:
 def max_concurrent(spec: SearchSpec, resources: dict[str, float]) -> int:
     """How many trials fit at once so that every trial's Train workers can all start (Train V2 gangs them)."""
     s = spec.base_config().scale
-    need = {"CPU": s.min_workers * s.cpus_per_worker, **({"GPU": float(s.min_workers)} if s.use_gpu else {})}
+    need = {k: v * s.min_workers for k, v in worker_resources(s).items()}
     fits = min(math.floor(resources.get(k, 0.0) / v + 1e-9) for k, v in need.items())
     if fits < 1:
         have = ", ".join(f"{resources.get(k, 0):g} {k}" for k in need)
